@@ -1,0 +1,214 @@
+"""The one place that imports NumPy or CuPy.
+
+Everything else in minialexnet gets its arrays and array functions from here, so
+the same layer code runs on the CPU (NumPy) and on NVIDIA GPUs (CuPy).  The idea is
+DeZero's ``cuda.py``: choose the array module once, in one small file.
+
+    from minialexnet import backend
+    backend.use("numpy")          # the default; "cupy" for GPUs
+    xp = backend.xp()             # the array module of the current backend
+    with backend.device(1):       # a no-op on NumPy, cupy.cuda.Device(1) on CuPy
+        w = xp.zeros((3, 3), dtype=backend.dtype())
+    x = backend.to_device(w, 0)   # explicit copy between devices
+    host = backend.to_numpy(x)    # always a NumPy array
+
+``np`` below is the host NumPy module.  Only host-side code (data loading,
+checkpoints, plots) may use it; layer code must use ``xp()``.
+"""
+
+import contextlib
+
+import numpy as np
+
+__all__ = [
+    "Backend", "BackendError", "use", "current", "xp", "dtype", "rng", "seed",
+    "device", "to_device", "to_numpy", "as_strided", "np", "synchronize",
+    "get_device_id",
+]
+
+
+class BackendError(RuntimeError):
+    """A backend was asked for that cannot work on this machine."""
+
+
+class Backend:
+    """An array module plus what layer code needs around it.
+
+    Attributes: ``name`` ("numpy" or "cupy"), ``xp`` (the array module),
+    ``dtype`` (the default float dtype, float32), ``rng`` (a seeded
+    ``Generator`` of ``xp``; only ``random``, ``standard_normal`` and
+    ``integers`` are used, since CuPy's Generator has no ``normal``,
+    ``permutation`` or ``choice``).
+    """
+
+    def __init__(self, name, xp, seed=0):
+        self.name = name
+        self.xp = xp
+        self.dtype = np.float32
+        self.seed(seed)
+
+    def seed(self, seed):
+        self.rng = self.xp.random.default_rng(seed)
+
+    def device(self, i):
+        """A context in which new arrays live on device ``i`` (no-op here)."""
+        return contextlib.nullcontext()
+
+    def device_count(self):
+        return 1
+
+    def device_of(self, x):
+        """The device index an array lives on (always 0 for NumPy)."""
+        return 0
+
+    def to_device(self, x, i):
+        """Copy ``x`` to device ``i``; on NumPy there is one device, so no copy."""
+        return x
+
+    def to_numpy(self, x):
+        return np.asarray(x)
+
+    def synchronize(self):
+        """Wait for queued device work (only meaningful on GPUs)."""
+
+    def as_strided(self, x, shape, strides):
+        """A strided view of ``x``: the one trick behind im2col and pooling.
+
+        Called with positional arguments only, because CuPy's ``as_strided``
+        has no ``subok`` or ``writeable`` keywords.
+        """
+        return self.xp.lib.stride_tricks.as_strided(x, shape, strides)
+
+    def __repr__(self):
+        return f"<Backend {self.name}>"
+
+
+class CupyBackend(Backend):
+    """CuPy on one or more NVIDIA GPUs; devices are ``cupy.cuda.Device(i)``."""
+
+    def __init__(self, cupy, seed=0):
+        self._cupy = cupy
+        super().__init__("cupy", cupy, seed)
+
+    def device(self, i):
+        self._check_index(i)
+        return self._cupy.cuda.Device(i)
+
+    def device_count(self):
+        return self._cupy.cuda.runtime.getDeviceCount()
+
+    def device_of(self, x):
+        return x.device.id
+
+    def _check_index(self, i):
+        n = self.device_count()
+        if not 0 <= int(i) < n:
+            raise BackendError(
+                f"cupy backend: device {i} does not exist (this machine has {n} GPU"
+                f"{'s' if n != 1 else ''}: 0..{n - 1})")
+
+    def to_device(self, x, i):
+        # An explicit peer copy: the point where the paper's two GPUs talk.
+        with self.device(i):
+            return self._cupy.asarray(x)
+
+    def to_numpy(self, x):
+        return self._cupy.asnumpy(x)
+
+    def synchronize(self):
+        for i in range(self.device_count()):
+            with self._cupy.cuda.Device(i):
+                self._cupy.cuda.Device(i).synchronize()
+
+
+def _make_cupy(seed, devices=None):
+    """Import CuPy and prove it can run, or fail with one line saying why."""
+    try:
+        import cupy
+    except ImportError as e:
+        raise BackendError(
+            "cupy backend: CuPy is not installed (pip install cupy-cuda12x or "
+            f"cupy-cuda13x, matching your CUDA driver): {e}") from None
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except RuntimeError as e:  # CUDARuntimeError: no driver, or a too-old driver
+        raise BackendError(f"cupy backend: no usable GPU ({e})") from None
+    if n == 0:
+        raise BackendError("cupy backend: CUDA reports no GPU on this machine")
+    b = CupyBackend(cupy, seed)
+    for i in devices or ():
+        b._check_index(i)
+    return b
+
+
+_current = None
+
+
+def use(name="numpy", seed=0, devices=None):
+    """Switch the backend for all of minialexnet and return it.
+
+    ``name`` is "numpy", "cupy", or a ready ``Backend`` instance (tests use this
+    to plug in a recording or fake-device backend).  ``devices`` lists the
+    device indices the caller will use; a missing one fails here, at once.
+    """
+    global _current
+    if isinstance(name, Backend):
+        _current = name
+    elif name == "numpy":
+        if devices is not None and any(int(i) != 0 for i in devices):
+            bad = [i for i in devices if int(i) != 0]
+            raise BackendError(f"numpy backend: there is only device 0 (the CPU), not {bad}")
+        _current = Backend("numpy", np, seed)
+    elif name == "cupy":
+        _current = _make_cupy(seed, devices)
+    else:
+        raise BackendError(f"unknown backend {name!r}: expected 'numpy' or 'cupy'")
+    return _current
+
+
+def current():
+    """The backend in use (NumPy unless ``use`` said otherwise)."""
+    if _current is None:
+        use("numpy")
+    return _current
+
+
+# Short forms used by layer code.
+def xp():
+    return current().xp
+
+
+def dtype():
+    return current().dtype
+
+
+def rng():
+    return current().rng
+
+
+def seed(s):
+    current().seed(s)
+
+
+def device(i):
+    return current().device(i)
+
+
+def get_device_id(x):
+    return current().device_of(x)
+
+
+def to_device(x, i):
+    return current().to_device(x, i)
+
+
+def to_numpy(x):
+    return current().to_numpy(x)
+
+
+def as_strided(x, shape, strides):
+    return current().as_strided(x, shape, strides)
+
+
+def synchronize():
+    current().synchronize()

@@ -1,0 +1,214 @@
+"""Every layer: finite-difference gradient checks (float64), properties, bad input."""
+
+import numpy as np
+import pytest
+
+from minialexnet import backend
+from minialexnet.gradcheck import gradcheck
+from minialexnet.layers import (Conv2D, Dropout, Flatten, Linear, LocalResponseNorm,
+                                MaxPool2D, ReLU, ShapeError, SoftmaxCrossEntropy, Tanh)
+
+TOL = 1e-6  # max relative error of any gradient, float64 central differences
+
+
+@pytest.fixture(autouse=True)
+def numpy_backend():
+    backend.use("numpy", seed=0)
+
+
+def rnd(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
+def assert_grads_ok(errors):
+    bad = {k: v for k, v in errors.items() if not v < TOL}
+    assert not bad, f"gradient check failed (relative error >= {TOL}): {bad}"
+
+
+# ---------------------------------------------------------------- gradient checks
+@pytest.mark.parametrize("cin,cout,k,stride,pad,shape", [
+    (3, 4, 3, 1, 0, (2, 3, 7, 7)),
+    (3, 4, 3, 1, 1, (2, 3, 6, 9)),      # padding, non-square
+    (3, 5, 11, 4, 0, (2, 3, 19, 23)),   # conv1's 11x11 stride 4, non-square
+    (2, 3, 5, 2, 2, (1, 2, 9, 8)),      # conv2-like padding 2, stride 2
+    (4, 2, (3, 2), 1, 0, (2, 4, 5, 6)),  # rectangular kernel
+])
+def test_conv_gradients(cin, cout, k, stride, pad, shape):
+    layer = Conv2D(cin, cout, k, stride=stride, padding=pad, bias=0.3)
+    layer.params["W"] = layer.params["W"] * 100  # std 1: a stronger test than std 0.01
+    assert_grads_ok(gradcheck(layer, rnd(*shape)))
+
+
+@pytest.mark.parametrize("z,s,shape", [(3, 2, (2, 3, 9, 9)), (3, 1, (2, 2, 6, 7)),
+                                       (2, 2, (2, 3, 8, 6)), (3, 2, (1, 2, 13, 8))])
+def test_maxpool_gradients(z, s, shape):
+    assert_grads_ok(gradcheck(MaxPool2D(z, s), rnd(*shape)))
+
+
+@pytest.mark.parametrize("size,alpha,beta,k", [(5, 1.0, 0.75, 2.0), (5, 1e-4, 0.75, 2.0),
+                                               (3, 0.5, 0.6, 1.0), (4, 1.0, 0.75, 2.0)])
+def test_lrn_gradients(size, alpha, beta, k):
+    # alpha = 1.0: at the paper's 1e-4 the normalisation is so weak that a wrong
+    # window would hide inside the tolerance.
+    assert_grads_ok(gradcheck(LocalResponseNorm(size, alpha, beta, k), rnd(2, 9, 3, 4)))
+
+
+def test_relu_tanh_flatten_linear_gradients():
+    x = rnd(3, 2, 5, 4)
+    assert_grads_ok(gradcheck(ReLU(), x))
+    assert_grads_ok(gradcheck(Tanh(), x))
+    assert_grads_ok(gradcheck(Flatten(), x))
+    assert_grads_ok(gradcheck(Linear(7, 5, weight_std=1.0, bias=0.1), rnd(4, 7)))
+
+
+@pytest.mark.parametrize("inverted", [False, True])
+def test_dropout_gradients_with_fixed_mask(inverted):
+    x = rnd(4, 6)
+    mask = np.random.default_rng(1).random(x.shape) >= 0.5
+    assert_grads_ok(gradcheck(Dropout(0.5, inverted=inverted), x, mask=mask))
+    assert_grads_ok(gradcheck(Dropout(0.5, inverted=inverted).eval(), x))
+
+
+def test_softmax_cross_entropy_gradients():
+    logits = rnd(5, 7) * 3
+    labels = np.array([0, 6, 3, 3, 1])
+    assert_grads_ok(gradcheck(SoftmaxCrossEntropy(), logits, labels))
+
+
+# ---------------------------------------------------------------- forward properties
+def test_conv_matches_direct_loops():
+    layer = Conv2D(2, 3, 3, stride=2, padding=1, bias=0.5)
+    x = rnd(2, 2, 5, 6).astype(np.float32)
+    y = layer.forward(x)
+    W, b = layer.params["W"], layer.params["b"]
+    xp_ = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    ref = np.zeros(y.shape, np.float32)
+    for n in range(2):
+        for o in range(3):
+            for i in range(y.shape[2]):
+                for j in range(y.shape[3]):
+                    ref[n, o, i, j] = (W[o] * xp_[n, :, 2 * i:2 * i + 3, 2 * j:2 * j + 3]).sum() + b[o]
+    assert y.shape == (2, 3, 3, 3)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_float32_default_and_float64_kept():
+    layer = Conv2D(3, 4, 3)
+    assert layer.params["W"].dtype == np.float32
+    assert layer.forward(rnd(1, 3, 5, 5).astype(np.float32)).dtype == np.float32
+    for l in (ReLU(), Tanh(), LocalResponseNorm(), MaxPool2D(), Dropout()):
+        assert l.forward(rnd(1, 3, 5, 5).astype(np.float32)).dtype == np.float32
+        assert l.forward(rnd(1, 3, 5, 5)).dtype == np.float64
+    assert Linear(4, 2).forward(rnd(3, 4).astype(np.float32)).dtype == np.float32
+
+
+def test_lrn_uses_paper_alpha_not_alpha_over_n():
+    x = rnd(1, 7, 2, 2)
+    lrn = LocalResponseNorm(size=5, alpha=0.1, beta=0.75, k=2.0)
+    y = lrn.forward(x)
+    i = 3  # a middle channel: window = channels 1..5
+    s = 2.0 + 0.1 * (x[0, 1:6] ** 2).sum(axis=0)
+    np.testing.assert_allclose(y[0, i], x[0, i] / s ** 0.75, rtol=1e-12)
+    # Edge channel 0: the window is clipped to channels 0..2.
+    s0 = 2.0 + 0.1 * (x[0, 0:3] ** 2).sum(axis=0)
+    np.testing.assert_allclose(y[0, 0], x[0, 0] / s0 ** 0.75, rtol=1e-12)
+
+
+def test_overlapping_pool_backward_accumulates():
+    # One large value in the centre of a 5x5 map is the max of all four 3x3/2 windows.
+    x = np.zeros((1, 1, 5, 5))
+    x[0, 0, 2, 2] = 9.0
+    pool = MaxPool2D(3, 2)
+    y = pool.forward(x)
+    assert y.shape == (1, 1, 2, 2) and (y == 9).all()
+    dx = pool.backward(np.ones_like(y))
+    assert dx[0, 0, 2, 2] == 4.0 and dx.sum() == 4.0
+
+
+def test_pool_ties_go_to_first_maximum():
+    x = np.ones((1, 1, 3, 3))
+    pool = MaxPool2D(3, 2)
+    pool.forward(x)
+    dx = pool.backward(np.ones((1, 1, 1, 1)))
+    assert dx[0, 0, 0, 0] == 1 and dx.sum() == 1
+
+
+@pytest.mark.parametrize("inverted", [False, True])
+def test_dropout_expectation_matches_between_modes(inverted):
+    backend.use("numpy", seed=3)
+    x = np.abs(rnd(200, 500)).astype(np.float32) + 0.5
+    d = Dropout(0.5, inverted=inverted)
+    train = d.forward(x)
+    kept = (train != 0).mean()
+    assert abs(kept - 0.5) < 0.01
+    test = d.eval().forward(x)
+    # The mean over 100k units of a train pass equals the deterministic test pass.
+    assert abs(train.mean() / test.mean() - 1) < 0.01
+    if not inverted:  # paper 4.2: test-time output is the input times 0.5
+        np.testing.assert_allclose(test, 0.5 * x)
+        assert set(np.unique(train / x)) <= {0.0, 1.0}
+
+
+def test_dropout_draws_a_new_mask_each_call():
+    d = Dropout(0.5)
+    x = np.ones((10, 100), np.float32)
+    assert (d.forward(x) != d.forward(x)).any()
+
+
+def test_softmax_cross_entropy_is_stable_for_large_logits():
+    loss = SoftmaxCrossEntropy()
+    logits = np.array([[1000.0, 0.0, -1000.0], [0.0, 2000.0, 0.0]], np.float32)
+    value = loss.forward(logits, np.array([0, 2]))
+    assert np.isfinite(value) and abs(value - 1000.0) < 1e-3  # (0 + 2000) / 2
+    assert np.isfinite(loss.backward()).all()
+
+
+def test_softmax_cross_entropy_value():
+    logits = rnd(4, 3)
+    labels = np.array([0, 1, 2, 1])
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    ref = -np.log(p[np.arange(4), labels]).mean()
+    assert abs(SoftmaxCrossEntropy().forward(logits, labels) - ref) < 1e-12
+
+
+def test_linear_shapes_and_init():
+    backend.use("numpy", seed=0)
+    fc = Linear(300, 400, bias=1.0)
+    assert fc.params["W"].shape == (400, 300) and fc.params["b"].shape == (400,)
+    assert abs(fc.params["W"].std() - 0.01) < 0.0005 and (fc.params["b"] == 1).all()
+
+
+def test_seeded_init_is_reproducible():
+    backend.use("numpy", seed=7)
+    a = Conv2D(3, 8, 3).params["W"]
+    backend.use("numpy", seed=7)
+    b = Conv2D(3, 8, 3).params["W"]
+    np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------- bad input
+def test_bad_inputs_raise_clear_errors():
+    conv = Conv2D(3, 4, 5, name="conv2")
+    with pytest.raises(ShapeError, match="4-D"):
+        conv.forward(np.zeros((3, 8, 8), np.float32))
+    with pytest.raises(ShapeError, match="expected 3 input channels, got 4"):
+        conv.forward(np.zeros((1, 4, 8, 8), np.float32))
+    with pytest.raises(ShapeError, match="smaller than the 5x5 kernel"):
+        conv.forward(np.zeros((1, 3, 4, 8), np.float32))
+    with pytest.raises(ShapeError, match="smaller than the 3x3 window"):
+        MaxPool2D(3, 2).forward(np.zeros((1, 3, 2, 8), np.float32))
+    with pytest.raises(ShapeError, match="4-D"):
+        LocalResponseNorm().forward(np.zeros((3, 8), np.float32))
+    with pytest.raises(ShapeError, match="expected 10 input features, got 9"):
+        Linear(10, 2).forward(np.zeros((2, 9), np.float32))
+    loss = SoftmaxCrossEntropy()
+    with pytest.raises(ShapeError, match=r"labels must lie in \[0, 2\]"):
+        loss.forward(np.zeros((2, 3), np.float32), np.array([0, 3]))
+    with pytest.raises(ShapeError, match=r"labels must lie in \[0, 2\]"):
+        loss.forward(np.zeros((2, 3), np.float32), np.array([-1, 0]))
+    with pytest.raises(ShapeError, match="integer"):
+        loss.forward(np.zeros((2, 3), np.float32), np.array([0.0, 1.0]))
+    with pytest.raises(ShapeError, match=r"shape \(2,\)"):
+        loss.forward(np.zeros((2, 3), np.float32), np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match="p must be"):
+        Dropout(1.0)
