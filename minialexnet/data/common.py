@@ -1,0 +1,146 @@
+"""What every dataset module shares: the error type, where data lives, the Dataset record.
+
+A dataset in minialexnet is three things (see ``Dataset``):
+
+* ``x``: images as **uint8, NHWC** (N, H, W, 3), RGB.  uint8 because storage should be
+  small (a 256x256 image is 192 KiB as uint8, 768 KiB as float32); the float32 NCHW
+  arrays the network eats are made per batch by ``transforms`` (paper section 2: the
+  net sees mean-centred raw RGB).  ``x`` is either an in-memory ``ndarray`` (CIFAR-10,
+  packed npz, synthetic) or a lazy ``ImageFiles`` array that decodes JPEGs when indexed
+  (ImageNet-style folders, too big to hold in memory).  Both support ``len(x)``,
+  ``x.shape`` and ``x[index_array]``.
+* ``y``: int64 (N,) class indices.
+* ``class_names``: list of C strings, ``class_names[y[i]]`` names image i.
+"""
+
+import dataclasses
+import hashlib
+import os
+import tempfile
+
+from ..backend import np
+
+ENV_DATA = "MINIALEXNET_DATA"
+ENV_CACHE = "MINIALEXNET_CACHE"
+
+
+class DataError(ValueError):
+    """Bad or missing data.  The message names the file and says what is wrong."""
+
+
+@dataclasses.dataclass
+class Dataset:
+    """Images, labels and class names of one split (see the module docstring).
+
+    ``key`` is a short string naming this exact data (dataset, split, size, source
+    file fingerprint); ``transforms.mean_image`` and ``pca_fit`` use it to name their
+    cache files.  ``extra`` holds dataset-specific facts (e.g. ``wnids``,
+    ``imagenet_index`` for Imagenette, ``src_paths``).
+    """
+    x: object
+    y: object
+    class_names: list
+    name: str
+    split: str
+    key: str
+    extra: dict = dataclasses.field(default_factory=dict)
+
+    def __len__(self):
+        return len(self.y)
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+    @property
+    def image_shape(self):
+        """(H, W, 3) of one stored image."""
+        return tuple(self.x.shape[1:])
+
+    def __repr__(self):
+        return (f"<Dataset {self.name} {self.split}: {len(self)} images "
+                f"{'x'.join(map(str, self.image_shape))} uint8, {self.num_classes} classes>")
+
+
+def data_dir(arg=None, must_exist=True):
+    """The data directory: ``arg`` (from ``--data-dir``), else $MINIALEXNET_DATA, else
+    ``./data``.  Raises DataError when it does not exist (and ``must_exist``)."""
+    d = arg or os.environ.get(ENV_DATA) or "data"
+    d = os.path.abspath(os.path.expanduser(str(d)))
+    if must_exist and not os.path.isdir(d):
+        how = ("--data-dir" if arg else f"${ENV_DATA}" if os.environ.get(ENV_DATA)
+               else f"the default ./data (set --data-dir or ${ENV_DATA})")
+        raise DataError(f"{d}: data directory does not exist (from {how})")
+    return d
+
+
+def cache_dir():
+    """Where decoded arrays, mean images and PCA results are cached:
+    $MINIALEXNET_CACHE if set, else $XDG_CACHE_HOME/minialexnet (~/.cache/minialexnet).
+
+    Never inside the data directory: data is often a read-only or shared copy.
+    """
+    d = os.environ.get(ENV_CACHE) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+        "minialexnet")
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def file_fingerprint(*paths):
+    """A short hash of file paths, sizes and modification times: a cache key that
+    changes when the source files change."""
+    h = hashlib.sha1()
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:12]
+
+
+def save_npy_atomic(path, array):
+    """np.save to a temp file in the same directory, then rename: a crash never leaves a
+    half-written cache file that a later run would trust."""
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".npy")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_npz_arrays(path, required):
+    """Read every array of an .npz once (an NpzFile re-reads an array on every
+    ``[...]``, see shared/data/README.md), with ``allow_pickle=False``.
+
+    Raises DataError naming the file for a missing file, a corrupt file, or one
+    without the ``required`` keys.
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: file not found")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in required if k not in z.files]
+            if missing:
+                raise DataError(f"{path}: not the expected format: missing arrays "
+                                f"{missing} (has {sorted(z.files)})")
+            return {k: z[k] for k in z.files}
+    except DataError:
+        raise
+    except Exception as e:  # BadZipFile, ValueError (object arrays), OSError, EOFError
+        raise DataError(f"{path}: cannot read npz ({type(e).__name__}: {e})") from None
+
+
+def subset_indices(n_total, n, seed):
+    """A seeded random subset of ``n`` of ``range(n_total)``, kept in original order."""
+    if n is None or n >= n_total:
+        return None
+    if n <= 0:
+        raise DataError(f"n={n}: need at least one image")
+    idx = np.random.default_rng(seed).choice(n_total, size=n, replace=False)
+    return np.sort(idx)
