@@ -21,13 +21,14 @@ def main(argv=None):
     i.add_argument("name", choices=DATASETS)
     i.add_argument("--data-dir")
     i.add_argument("--split", default="train")
+    i.add_argument("--n", type=int, help="only this many images")
     args = p.parse_args(argv)
     try:
         if args.cmd == "download":
             path = download(args.name, args.data_dir, url=args.url, md5=args.md5)
             print(f"{args.name}: ready in {path}")
         else:
-            ds = load_dataset(args.name, args.data_dir, args.split)
+            ds = load_dataset(args.name, args.data_dir, args.split, n=args.n)
             print(ds)
             print("classes:", ", ".join(ds.class_names))
     except DataError as e:
