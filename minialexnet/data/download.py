@@ -11,6 +11,7 @@ leaves anything that looks complete.
 """
 
 import hashlib
+import http.client
 import os
 import shutil
 import tarfile
@@ -81,7 +82,7 @@ def _fetch(url, dest_dir, name, md5=None, sha256=None, progress_bar=True, timeou
                         got += len(block)
                         if bar is not None:
                             bar.update(len(block))
-                except OSError as e:
+                except (OSError, http.client.HTTPException) as e:
                     raise DownloadError(f"{url}: download interrupted after {got} bytes ({e})") from None
                 finally:
                     if bar is not None:
