@@ -99,9 +99,10 @@ def load_checkpoint(path):
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if not isinstance(z, np.lib.npyio.NpzFile):
-                raise CheckpointError(f"{path}: not a checkpoint (a single .npy array, not an .npz)")
+        z = np.load(path, allow_pickle=False)
+        if not hasattr(z, "files"):        # a plain .npy gives an array, not an NpzFile
+            raise CheckpointError(f"{path}: not a checkpoint (a single .npy array, not an .npz)")
+        with z:
             entries = {k: z[k] for k in z.files}
     except CheckpointError:
         raise

@@ -124,7 +124,10 @@ def load_npz_arrays(path, required):
     if not os.path.isfile(path):
         raise DataError(f"{path}: file not found")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not hasattr(z, "files"):
+            raise DataError(f"{path}: not the expected format: a single array, not an .npz")
+        with z:
             missing = [k for k in required if k not in z.files]
             if missing:
                 raise DataError(f"{path}: not the expected format: missing arrays "
