@@ -69,10 +69,10 @@ def decode(source, size=None, name=None):
                         "the file is corrupt or not an image: delete or replace it") from None
 
 
-def progress(iterable, total, desc, enable=True):
+def progress(iterable, total, desc, enable=True, unit="img"):
     """A tqdm bar when asked for and available, else the plain iterable."""
     if enable and tqdm is not None:
-        return tqdm(iterable, total=total, desc=desc, unit="img", leave=False,
+        return tqdm(iterable, total=total, desc=desc, unit=unit, leave=False,
                     mininterval=0.5)
     return iterable
 

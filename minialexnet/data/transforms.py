@@ -99,7 +99,7 @@ def mean_image(x, cache_file=None, chunk=512, progress_bar=True):
         n = len(x)
         total = np.zeros(x.shape[1:], np.float64)
         starts = range(0, n, chunk)
-        for s in progress(starts, len(starts), "mean image", progress_bar and n > 20 * chunk):
+        for s in progress(starts, len(starts), "mean image", progress_bar and n > 20 * chunk, "chunk"):
             total += np.asarray(x[s:s + chunk] if isinstance(x, np.ndarray)
                                 else x[np.arange(s, min(s + chunk, n))]).sum(0, dtype=np.float64)
         return (total / n).astype(np.float32)
