@@ -90,6 +90,25 @@ class CupyBackend(Backend):
         self._cupy = cupy
         super().__init__("cupy", cupy, seed)
 
+    # A CuPy Generator's state lives on the GPU that was current when it was made,
+    # and CuPy refuses to use it under another device ("This Generator state has
+    # been allocated in a different device").  So there is one generator per device,
+    # made on first use; device 0's is seeded with ``seed`` exactly as before, device
+    # i's with ``seed + i * 1000003``.  A tower's dropout on GPU 1 draws from GPU 1's.
+    def seed(self, seed):
+        self._seed = seed
+        self._rngs = {}
+
+    @property
+    def rng(self):
+        i = self._cupy.cuda.Device().id       # the current device (no synchronisation)
+        gen = self._rngs.get(i)
+        if gen is None:
+            with self._cupy.cuda.Device(i):
+                gen = self._rngs[i] = self._cupy.random.default_rng(
+                    self._seed + i * 1000003)
+        return gen
+
     def device(self, i):
         self._check_index(i)
         return self._cupy.cuda.Device(i)

@@ -1,0 +1,742 @@
+"""AlexNet (paper 3.5) and its family, built from the layers of ``layers.py``.
+
+    from minialexnet.models import AlexNet, build_model
+    model = AlexNet()                        # the paper's net: two towers, 227x227x3 input
+    model = build_model("small-alexnet", input_size=32, width=1.0)   # CIFAR-10 sized
+
+The family (``build_model(name, **kwargs)``; every name also takes the keyword
+arguments of its class, overriding its defaults):
+
+    "alexnet"               the paper's network, two towers, 227 px, 60,965,224 parameters
+    "alexnet-1tower"        the same kernels (96/256/384/384/256) in one tower: conv2, conv4
+                            and conv5 see all maps below (more parameters: 62,378,344)
+    "alexnet-half"          paper 3.2's baseline: one tower, half the kernels in each conv
+                            layer but conv5 (48/128/192/192/256), fc layers as in the paper
+                            (see AlexNet's docstring for the footnote)
+    "torchvision-alexnet"   NOT the paper's net: torchvision's variant, 64/192/384/256/256,
+                            no LRN, dropout before fc6/fc7, 224 px, 61,100,840 parameters
+    "small-alexnet"         the paper's topology for 32x32 (CIFAR-10) or 64x64 input:
+                            kwargs input_size=32|64, width=1.0 (scales every layer)
+    "fournet"               Figure 1 / 3.3's four-layer CIFAR-10 net: kwargs
+                            activation="relu"|"tanh", lrn=True|False, pool="3/2"|"2/2"
+
+The model API (the training CLI, benchmarks and chapters rely on exactly this):
+
+    model.forward(x) -> logits          x (N, 3, H, W), H = W = model.input_size; logits
+                                        (N, num_classes) on the first device
+    model.backward(dlogits) -> dx       fills the gradients (dx is dL/d(image))
+    model.params() -> {name: array}     live references: the optimiser updates them in place
+    model.grads()  -> {name: array}     same keys, after backward
+    model.train() / model.eval()        dropout on / off (off: outputs times 0.5, paper 4.2)
+    model.state_dict() -> {name: host NumPy array};   model.load_state_dict(d)
+    model.config                        JSON-able constructor arguments; from_config(config)
+                                        (or build_model(**config)) rebuilds the model
+    model.features(x, layer="relu7")    activations of a named layer (towers concatenated)
+    model.summary()                     per-layer account: shapes, parameters, neurons, FLOPs
+    model.input_size, model.input_shape, model.num_classes, model.towers, model.devices
+    model.steps                         the steps in order (layers and transfers, towers.py)
+    model.layer_names()                 names accepted by features()
+
+Parameter names: ``<layer>.<W|b>`` for a layer with one copy (every layer of a one-tower
+net, and fc8 which sees both towers), ``<layer>.tower<i>.<W|b>`` for tower i's half of a
+split layer: ``conv1.tower0.W`` (48, 3, 11, 11), ``conv2.tower1.b`` (128,),
+``fc6.tower0.W`` (2048, 9216), ``fc8.W`` (1000, 4096).  Layer names: conv1..conv5,
+fc6..fc8 (fournet: conv1..conv3, fc4); nonlinearities relu<k> (or tanh<k>), norm<k>
+(LRN), pool<k>, drop<k>, flatten; transfer steps to_towers, exchange3, exchange6,
+exchange7, gather8.
+
+Initialisation (paper 5): weights N(0, 0.01^2); biases 1 in conv2, conv4, conv5, fc6 and
+fc7, 0 elsewhere.  ``init_std`` (a float, or {layer: std}) and ``init_bias`` ({layer:
+value}; unnamed layers get 0) change it; the small models keep the paper's values unless
+told otherwise (fournet: all biases 0, as it has no conv2/4/5-style ReLU layers to warm).
+"""
+
+from . import backend
+from .layers import (Conv2D, Dropout, Flatten, Linear, LocalResponseNorm, MaxPool2D,
+                     ReLU, Tanh)
+from .towers import Broadcast, Exchange, Gather, OnDevice, TowerLayer
+
+__all__ = ["Network", "AlexNet", "SmallAlexNet", "TorchvisionAlexNet", "FourLayerNet",
+           "build_model", "from_config", "MODELS", "Summary", "StateDictError",
+           "PAPER_NEURONS", "PAPER_BIAS"]
+
+PAPER_BIAS = {"conv2": 1.0, "conv4": 1.0, "conv5": 1.0, "fc6": 1.0, "fc7": 1.0}
+
+# Neurons per layer as the paper states them (3.5), all towers together.
+PAPER_NEURONS = {"input": 150528, "conv1": 253440, "conv2": 186624, "conv3": 64896,
+                 "conv4": 64896, "conv5": 43264, "fc6": 4096, "fc7": 4096, "fc8": 1000}
+
+CONV1_NOTE = ("conv1: the paper states 253,440 neurons, but 96 maps of 55x55 (the only "
+              "output size an 11x11 stride-4 convolution of the paper's 224x224 input can "
+              "have, with 227x227 or 224+padding) are 290,400; 253,440 is inconsistent "
+              "with the paper's own shapes and cannot be reproduced")
+
+
+class StateDictError(ValueError):
+    """A state dict that does not fit the model (missing, extra or mis-shaped parameter)."""
+
+
+def _out(size, k, s, p=0):
+    return (size + 2 * p - k) // s + 1
+
+
+def _dtype(d):
+    """'float32' / np.float32 / None -> the scalar type the layers want."""
+    if d is None:
+        return backend.dtype()
+    return backend.xp().dtype(d).type
+
+
+def _dtype_name(d):
+    return backend.xp().dtype(_dtype(d)).name
+
+
+class _Builder:
+    """Makes the steps of a network: layers in towers, transfers, one-device layers."""
+
+    def __init__(self, devices, dtype, init_std, init_bias):
+        self.devices = tuple(int(d) for d in devices)
+        self.dtype, self.init_std, self.init_bias = dtype, init_std, init_bias
+        self.steps = []
+
+    def std(self, name):
+        s = self.init_std
+        return float(s.get(name, 0.01) if isinstance(s, dict) else s)
+
+    def bias(self, name):
+        return float(self.init_bias.get(name, 0.0))
+
+    def _make(self, name, spec):
+        kind, a = spec["kind"], spec
+        if kind == "conv":
+            return lambda: Conv2D(a["cin"], a["cout"], a["k"], stride=a["s"], padding=a["p"],
+                                  weight_std=self.std(name), bias=self.bias(name),
+                                  dtype=self.dtype)
+        if kind == "linear":
+            return lambda: Linear(a["cin"], a["cout"], weight_std=self.std(name),
+                                  bias=self.bias(name), dtype=self.dtype)
+        if kind == "relu":
+            return ReLU
+        if kind == "tanh":
+            return Tanh
+        if kind == "lrn":
+            return lambda: LocalResponseNorm(a["size"], a["alpha"], a["beta"], a["k"])
+        if kind == "pool":
+            return lambda: MaxPool2D(a["k"], a["s"])
+        if kind == "dropout":
+            return lambda: Dropout(a["p"], inverted=a["inverted"])
+        if kind == "flatten":
+            return Flatten
+        raise ValueError(f"unknown layer kind {kind!r}")
+
+    def tower(self, name, kind, **args):
+        """One layer in every tower (each on its tower's device)."""
+        spec = dict(kind=kind, **args)
+        self.steps.append(TowerLayer(name, self._make(name, spec), self.devices, spec))
+
+    def single(self, name, kind, **args):
+        """One layer on the first device."""
+        spec = dict(kind=kind, **args)
+        self.steps.append(OnDevice(name, self._make(name, spec), self.devices[0], spec))
+
+    def broadcast(self, name="to_towers"):
+        self.steps.append(Broadcast(name, self.devices))
+
+    def exchange(self, name):
+        self.steps.append(Exchange(name, self.devices))
+
+    def gather(self, name):
+        self.steps.append(Gather(name, self.devices, self.devices[0]))
+
+
+def _devices(devices, towers):
+    if devices is None:
+        return (0,) * towers
+    devices = tuple(int(d) for d in devices)
+    if len(devices) != towers:
+        raise ValueError(f"devices={devices}: need one device per tower ({towers} towers)")
+    return devices
+
+
+def _split_width(total, towers, what):
+    if total % towers:
+        raise ValueError(f"{what}={total} is not divisible by towers={towers}")
+    return total // towers
+
+
+# ======================================================================== the model
+class Network:
+    """A sequence of steps (layers in towers, and transfers): the model API.
+
+    Subclasses build ``self.steps`` and ``self.config``; see the module docstring.
+    """
+
+    name = "network"
+
+    def _finish(self, builder, input_size, num_classes, config, in_channels=3):
+        self.steps = builder.steps
+        self.devices = builder.devices
+        self.towers = len(builder.devices)
+        self.input_size = input_size
+        self.input_shape = (in_channels, input_size, input_size)
+        self.num_classes = num_classes
+        self.dtype = builder.dtype
+        self.config = dict(config, name=self.name, devices=list(self.devices))
+        self._by_name = {s.name: s for s in self.steps}
+        self.training = True
+
+    # ---------------------------------------------------------------- running
+    def forward(self, x):
+        """Images (N, C, H, W) -> logits (N, num_classes), on the first tower's device."""
+        for step in self.steps:
+            x = step.forward(x)
+        return x
+
+    __call__ = forward
+
+    def backward(self, dlogits):
+        """dL/dlogits -> dL/dimage; fills every layer's gradients (see ``grads()``)."""
+        dy = dlogits
+        for step in reversed(self.steps):
+            dy = step.backward(dy)
+        return dy
+
+    def train(self, mode=True):
+        self.training = mode
+        for step in self.steps:
+            step.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def layer_names(self):
+        return [s.name for s in self.steps]
+
+    def features(self, x, layer="relu7"):
+        """The output of the step named ``layer`` for images ``x``: (N, ...) with the
+        towers' maps concatenated along axis 1, on the first device.
+
+        Paper 6.1 (Figure 4) finds nearest neighbours of the "feature activations
+        induced at the last, 4096-dimensional hidden layer": that is ``relu7`` (fc7
+        after its ReLU; ``fc7`` is before it).  Runs in the current mode: call
+        ``eval()`` first, or dropout (drop6) will perturb fc7.
+        """
+        if layer not in self._by_name:
+            raise KeyError(f"{self.name}: no layer {layer!r}; layers: {', '.join(self.layer_names())}")
+        for step in self.steps:
+            x = step.forward(x)
+            if step.name == layer:
+                break
+        if isinstance(x, list):
+            home = self.devices[0]
+            with backend.device(home):
+                parts = [backend.to_device(p, home) for p in x]
+                x = parts[0] if len(parts) == 1 else backend.xp().concatenate(parts, axis=1)
+        return x
+
+    # ---------------------------------------------------------------- parameters
+    def named_layers(self):
+        """(name prefix, layer, device) for every layer, in order."""
+        for step in self.steps:
+            yield from step.named_layers()
+
+    def params(self):
+        """{name: parameter array}: live references, updated in place by the optimiser."""
+        return {f"{prefix}.{k}": v for prefix, layer, _ in self.named_layers()
+                for k, v in layer.params.items()}
+
+    def grads(self):
+        """{name: gradient array} with the keys of ``params()``, filled by ``backward``."""
+        out = {}
+        for prefix, layer, _ in self.named_layers():
+            for k in layer.params:
+                if k not in layer.grads:
+                    raise RuntimeError(f"{self.name}: no gradient for {prefix}.{k} yet; "
+                                       "call backward() first")
+                out[f"{prefix}.{k}"] = layer.grads[k]
+        return out
+
+    def param_devices(self):
+        """{name: device index} for every parameter."""
+        return {f"{prefix}.{k}": d for prefix, layer, d in self.named_layers()
+                for k in layer.params}
+
+    def num_params(self):
+        return sum(int(v.size) for v in self.params().values())
+
+    @property
+    def arch(self):
+        """A one-line description of the architecture (used in error messages)."""
+        keys = [k for k in self.config if k not in ("name", "devices", "init_std",
+                                                    "init_bias")]
+        return f"{self.name}(" + ", ".join(f"{k}={self.config[k]}" for k in keys) + ")"
+
+    def state_dict(self):
+        """{name: host NumPy array}: copies of every parameter (for checkpoints)."""
+        return {k: backend.to_numpy(v).copy() for k, v in self.params().items()}
+
+    def load_state_dict(self, state, strict=True):
+        """Copy ``state`` ({name: array}) into the parameters, in place, on their devices.
+
+        Raises StateDictError naming the first missing or mis-shaped parameter (and,
+        with ``strict``, the first name this model does not have) and the architecture.
+        """
+        params, devices = self.params(), self.param_devices()
+        for name, p in params.items():
+            if name not in state:
+                raise StateDictError(
+                    f"load_state_dict: parameter {name!r} is missing from the state dict "
+                    f"(this model is {self.arch}; the state dict has "
+                    f"{_first_names(state)})")
+            shape = tuple(state[name].shape)
+            if shape != tuple(p.shape):
+                raise StateDictError(
+                    f"load_state_dict: parameter {name!r} has shape {shape} in the state "
+                    f"dict but {tuple(p.shape)} in this model ({self.arch})")
+        if strict:
+            for name in state:
+                if name not in params:
+                    raise StateDictError(
+                        f"load_state_dict: the state dict has {name!r}, which this model "
+                        f"({self.arch}) does not have")
+        for name, p in params.items():
+            with backend.device(devices[name]):
+                p[...] = backend.to_device(state[name], devices[name])
+        return self
+
+    # ---------------------------------------------------------------- the account
+    def summary(self):
+        """Per layer and tower: output shape, parameters, neurons, FLOPs, memory, device."""
+        return Summary(self)
+
+    def __repr__(self):
+        return f"<{self.arch}: {self.num_params():,} parameters>"
+
+
+def _first_names(state, n=4):
+    names = list(state)
+    more = f", ... ({len(names)} in all)" if len(names) > n else ""
+    return ", ".join(repr(k) for k in names[:n]) + more if names else "nothing"
+
+
+# ======================================================================== AlexNet
+def _alexnet_steps(b, *, input_size, num_classes, widths, fc, conv1, lrn, dropout,
+                   inverted_dropout, lrn_args=None, in_channels=3):
+    """The paper's topology (3.5), split into ``len(b.devices)`` towers (3.2)."""
+    T = len(b.devices)
+    c1, c2, c3, c4, c5 = (_split_width(w, T, f"conv{i + 1} width")
+                          for i, w in enumerate(widths))
+    f6, f7 = (_split_width(w, T, f"fc{i + 6} width") for i, w in enumerate(fc))
+    k1, s1, p1 = conv1
+    lrn_args = lrn_args or dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
+    size = _out(input_size, k1, s1, p1)                       # 55 at 227
+    if size < 3:
+        raise ValueError(f"input_size={input_size} is too small for conv1 {k1}x{k1}/{s1}")
+
+    b.broadcast("to_towers")                                  # conv1 sees the whole image
+    b.tower("conv1", "conv", cin=in_channels, cout=c1, k=k1, s=s1, p=p1)
+    b.tower("relu1", "relu")
+    if lrn:
+        b.tower("norm1", "lrn", **lrn_args)
+    b.tower("pool1", "pool", k=3, s=2)
+    size = _out(size, 3, 2)                                   # 27
+    b.tower("conv2", "conv", cin=c1, cout=c2, k=5, s=1, p=2)  # own tower's maps only
+    b.tower("relu2", "relu")
+    if lrn:
+        b.tower("norm2", "lrn", **lrn_args)
+    b.tower("pool2", "pool", k=3, s=2)
+    size = _out(size, 3, 2)                                   # 13
+    b.exchange("exchange3")                                   # conv3 sees both towers
+    b.tower("conv3", "conv", cin=c2 * T, cout=c3, k=3, s=1, p=1)
+    b.tower("relu3", "relu")
+    b.tower("conv4", "conv", cin=c3, cout=c4, k=3, s=1, p=1)  # own tower only
+    b.tower("relu4", "relu")
+    b.tower("conv5", "conv", cin=c4, cout=c5, k=3, s=1, p=1)  # own tower only
+    b.tower("relu5", "relu")
+    b.tower("pool5", "pool", k=3, s=2)
+    size = _out(size, 3, 2)                                   # 6
+    if size < 1:
+        raise ValueError(f"input_size={input_size} is too small: pool5 has no output")
+    b.tower("flatten", "flatten")
+    b.exchange("exchange6")                                   # fc6 sees both towers
+    b.tower("fc6", "linear", cin=c5 * T * size * size, cout=f6)
+    b.tower("relu6", "relu")
+    if dropout:
+        b.tower("drop6", "dropout", p=dropout, inverted=inverted_dropout)
+    b.exchange("exchange7")                                   # fc7 sees all of fc6
+    b.tower("fc7", "linear", cin=f6 * T, cout=f7)
+    b.tower("relu7", "relu")
+    if dropout:
+        b.tower("drop7", "dropout", p=dropout, inverted=inverted_dropout)
+    b.gather("gather8")                                       # fc8 sees all of fc7
+    b.single("fc8", "linear", cin=f7 * T, cout=num_classes)
+
+
+class AlexNet(Network):
+    """The network of paper 3.5, in ``towers`` towers (paper 3.2: two).
+
+    Layers (all towers together; each of T towers holds 1/T of every conv layer and of
+    fc6, fc7):
+        conv1  96 @ 11x11x3, stride 4          -> ReLU -> LRN -> max-pool 3/2
+        conv2 256 @ 5x5x48, pad 2 (own tower)  -> ReLU -> LRN -> max-pool 3/2
+        conv3 384 @ 3x3x256, pad 1 (all maps)  -> ReLU
+        conv4 384 @ 3x3x192, pad 1 (own tower) -> ReLU
+        conv5 256 @ 3x3x192, pad 1 (own tower) -> ReLU -> max-pool 3/2
+        fc6 4096 -> ReLU -> dropout 0.5;  fc7 4096 -> ReLU -> dropout 0.5;  fc8 num_classes
+    LRN: size 5, alpha 1e-4, beta 0.75, k 2 (the paper's formula; see layers.py).
+
+    224 or 227?  The paper says the input is 224x224x3, but an 11x11 convolution with
+    stride 4 maps 224 pixels to (224 - 11)/4 + 1 = 54.25 positions: not a whole number.
+    227 gives exactly (227 - 11)/4 + 1 = 55, the 55x55 maps of Figure 2 (as would 224
+    with two pixels of padding).  So ``input_size`` defaults to 227 (crops of the
+    256x256 images are 227x227 here); other sizes work if the shapes do.
+
+    With two towers the net has exactly 60,965,224 parameters.  With ``towers=1`` and
+    the same widths, conv2, conv4 and conv5 see all maps below: 62,378,344.
+
+    Arguments: num_classes, towers, devices (one per tower; default all 0), input_size,
+    widths (conv1..conv5 kernels, all towers), fc (fc6, fc7 widths), lrn (on/off),
+    dropout (p; 0 for none), inverted_dropout (False: the paper's test-time x0.5),
+    init_std (float or {layer: std}), init_bias ({layer: value}; default PAPER_BIAS),
+    dtype ("float32").
+    """
+
+    name = "alexnet"
+    conv1_shape = (11, 4, 0)           # conv1's kernel, stride, padding
+
+    def __init__(self, num_classes=1000, towers=2, devices=None, input_size=227,
+                 widths=(96, 256, 384, 384, 256), fc=(4096, 4096), lrn=True,
+                 dropout=0.5, inverted_dropout=False, init_std=0.01, init_bias=None,
+                 dtype=None, name=None):
+        if name is not None:
+            self.name = name
+        init_bias = dict(PAPER_BIAS if init_bias is None else init_bias)
+        b = _Builder(_devices(devices, towers), _dtype(dtype), init_std, init_bias)
+        _alexnet_steps(b, input_size=input_size, num_classes=num_classes,
+                       widths=tuple(widths), fc=tuple(fc), conv1=self.conv1_shape, lrn=lrn,
+                       dropout=dropout, inverted_dropout=inverted_dropout)
+        config = dict(num_classes=num_classes, towers=towers, input_size=input_size,
+                      widths=list(widths), fc=list(fc), lrn=lrn, dropout=dropout,
+                      inverted_dropout=inverted_dropout, init_std=init_std,
+                      init_bias=init_bias, dtype=_dtype_name(dtype))
+        self._finish(b, input_size, num_classes, config)
+
+
+class SmallAlexNet(AlexNet):
+    """The paper's topology scaled down for 32x32 (CIFAR-10) or 64x64 input.
+
+    Same two towers, same connectivity, LRN after conv1 and conv2, overlapping 3/2
+    pooling, dropout on fc6 and fc7; what changes is size:
+        conv1  5x5, stride 1 (32 px) or 2 (64 px), pad 2   -> 32x32 maps (both sizes)
+        pool1 -> 15, conv2 5x5 pad 2, pool2 -> 7, conv3-5 3x3 pad 1, pool5 -> 3
+    widths (all towers) = round(width * (32, 64, 96, 96, 64)); fc6, fc7 = width * 512.
+    At width 1, 32 px, two towers: 693,226 parameters (with 10 classes), about
+    30 MFLOP forward per image.  Initialisation as the paper's (std 0.01, biases 1 in
+    conv2, conv4, conv5, fc6, fc7) unless ``init_std``/``init_bias`` say otherwise.
+    """
+
+    name = "small-alexnet"
+    BASE_WIDTHS, BASE_FC = (32, 64, 96, 96, 64), (512, 512)
+
+    def __init__(self, num_classes=10, input_size=32, width=1.0, towers=2, devices=None,
+                 widths=None, fc=None, lrn=True, dropout=0.5, inverted_dropout=False,
+                 init_std=0.01, init_bias=None, dtype=None):
+        if input_size == 32:
+            self.conv1_shape = (5, 1, 2)
+        elif input_size == 64:
+            self.conv1_shape = (5, 2, 2)
+        else:
+            raise ValueError(f"small-alexnet: input_size must be 32 or 64, not {input_size}")
+
+        def scaled(base):
+            return [max(towers, int(round(width * w / towers)) * towers) for w in base]
+        widths = list(widths) if widths is not None else scaled(self.BASE_WIDTHS)
+        fc = list(fc) if fc is not None else scaled(self.BASE_FC)
+        super().__init__(num_classes=num_classes, towers=towers, devices=devices,
+                         input_size=input_size, widths=widths, fc=fc, lrn=lrn,
+                         dropout=dropout, inverted_dropout=inverted_dropout,
+                         init_std=init_std, init_bias=init_bias, dtype=dtype)
+        self.config["width"] = width
+
+
+class TorchvisionAlexNet(Network):
+    """NOT the paper's network: the AlexNet variant of torchvision (and of many papers).
+
+    It follows Krizhevsky's later "One weird trick" paper (2014): one tower,
+    64/192/384/256/256 kernels, conv1 11x11 stride 4 with padding 2 on 224x224 input,
+    no LRN, and dropout *before* fc6 and fc7 (inverted dropout, as PyTorch's).
+    61,100,840 parameters.  torchvision also has an adaptive 6x6 average pool before
+    fc6; at 224 px pool5 is already 6x6, so it is left out (other sizes change fc6).
+    Initialised the paper's way here (torchvision uses Kaiming-uniform) unless
+    ``init_std``/``init_bias`` say otherwise.
+    """
+
+    name = "torchvision-alexnet"
+
+    def __init__(self, num_classes=1000, devices=None, input_size=224,
+                 widths=(64, 192, 384, 256, 256), fc=(4096, 4096), dropout=0.5,
+                 init_std=0.01, init_bias=None, dtype=None):
+        init_bias = dict(PAPER_BIAS if init_bias is None else init_bias)
+        b = _Builder(_devices(devices, 1), _dtype(dtype), init_std, init_bias)
+        c1, c2, c3, c4, c5 = widths
+        size = _out(_out(_out(input_size, 11, 4, 2), 3, 2), 3, 2)
+        size = _out(size, 3, 2)
+        b.broadcast("to_towers")
+        b.tower("conv1", "conv", cin=3, cout=c1, k=11, s=4, p=2)
+        b.tower("relu1", "relu")
+        b.tower("pool1", "pool", k=3, s=2)
+        b.tower("conv2", "conv", cin=c1, cout=c2, k=5, s=1, p=2)
+        b.tower("relu2", "relu")
+        b.tower("pool2", "pool", k=3, s=2)
+        b.tower("conv3", "conv", cin=c2, cout=c3, k=3, s=1, p=1)
+        b.tower("relu3", "relu")
+        b.tower("conv4", "conv", cin=c3, cout=c4, k=3, s=1, p=1)
+        b.tower("relu4", "relu")
+        b.tower("conv5", "conv", cin=c4, cout=c5, k=3, s=1, p=1)
+        b.tower("relu5", "relu")
+        b.tower("pool5", "pool", k=3, s=2)
+        b.tower("flatten", "flatten")
+        if dropout:
+            b.tower("drop6", "dropout", p=dropout, inverted=True)
+        b.tower("fc6", "linear", cin=c5 * size * size, cout=fc[0])
+        b.tower("relu6", "relu")
+        if dropout:
+            b.tower("drop7", "dropout", p=dropout, inverted=True)
+        b.tower("fc7", "linear", cin=fc[0], cout=fc[1])
+        b.tower("relu7", "relu")
+        b.gather("gather8")
+        b.single("fc8", "linear", cin=fc[1], cout=num_classes)
+        config = dict(num_classes=num_classes, input_size=input_size, widths=list(widths),
+                      fc=list(fc), dropout=dropout, init_std=init_std, init_bias=init_bias,
+                      dtype=_dtype_name(dtype))
+        self._finish(b, input_size, num_classes, config)
+
+
+class FourLayerNet(Network):
+    """The four-layer convolutional net of Figure 1 and section 3.3 (CIFAR-10).
+
+    Three conv layers and one fully-connected, in the style of cuda-convnet's CIFAR-10
+    nets (layers-18pct):
+        conv1 32@5x5 pad 2 -> act -> pool -> (LRN)
+        conv2 32@5x5 pad 2 -> act -> pool -> (LRN)
+        conv3 64@5x5 pad 2 -> act -> pool
+        fc4 num_classes
+    Switches for the paper's ablations: ``activation`` "relu" or "tanh" (Figure 1: ReLU
+    reaches 25 % training error six times sooner), ``lrn`` (3.3: 13 % vs 11 % test
+    error), ``pool`` "3/2" (overlapping) or "2/2" (3.4).  No dropout (Figure 1 used no
+    regularisation).  Weights N(0, 0.01^2) like the paper's; biases 0.
+    """
+
+    name = "fournet"
+
+    def __init__(self, num_classes=10, input_size=32, activation="relu", lrn=True,
+                 pool="3/2", widths=(32, 32, 64), devices=None, init_std=0.01,
+                 init_bias=None, dtype=None):
+        if activation not in ("relu", "tanh"):
+            raise ValueError(f"fournet: activation must be 'relu' or 'tanh', not {activation!r}")
+        if pool not in ("3/2", "2/2"):
+            raise ValueError(f"fournet: pool must be '3/2' or '2/2', not {pool!r}")
+        z, s = (3, 2) if pool == "3/2" else (2, 2)
+        init_bias = dict({} if init_bias is None else init_bias)
+        b = _Builder(_devices(devices, 1), _dtype(dtype), init_std, init_bias)
+        lrn_args = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
+        b.broadcast("to_towers")
+        cin, size = 3, input_size
+        for i, w in enumerate(widths, start=1):
+            b.tower(f"conv{i}", "conv", cin=cin, cout=w, k=5, s=1, p=2)
+            b.tower(f"{activation}{i}", activation)
+            b.tower(f"pool{i}", "pool", k=z, s=s)
+            size = _out(size, z, s)
+            if lrn and i < len(widths):
+                b.tower(f"norm{i}", "lrn", **lrn_args)
+            cin = w
+        b.tower("flatten", "flatten")
+        b.gather("gather4")
+        b.single(f"fc{len(widths) + 1}", "linear", cin=cin * size * size, cout=num_classes)
+        config = dict(num_classes=num_classes, input_size=input_size, activation=activation,
+                      lrn=lrn, pool=pool, widths=list(widths), init_std=init_std,
+                      init_bias=init_bias, dtype=_dtype_name(dtype))
+        self._finish(b, input_size, num_classes, config)
+
+
+# ======================================================================== the factory
+def _alexnet_1tower(**kw):
+    kw.setdefault("towers", 1)
+    return AlexNet(name="alexnet-1tower", **kw)
+
+
+def _alexnet_half(**kw):
+    kw.setdefault("towers", 1)
+    kw.setdefault("widths", (48, 128, 192, 192, 256))
+    return AlexNet(name="alexnet-half", **kw)
+
+
+MODELS = {
+    "alexnet": AlexNet,
+    "alexnet-1tower": _alexnet_1tower,
+    "alexnet-half": _alexnet_half,
+    "torchvision-alexnet": TorchvisionAlexNet,
+    "small-alexnet": SmallAlexNet,
+    "fournet": FourLayerNet,
+}
+
+
+def build_model(name, **kwargs):
+    """A model by name (see the module docstring); kwargs override its defaults."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    return MODELS[name](**kwargs)
+
+
+def from_config(config, **overrides):
+    """Rebuild a model from its ``config`` (e.g. from a checkpoint); ``overrides``
+    replace entries (``devices=(0, 1)`` to place it on two GPUs)."""
+    kw = dict(config)
+    kw.update(overrides)
+    name = kw.pop("name")
+    if "devices" in kw and kw["devices"] is not None:
+        kw["devices"] = tuple(kw["devices"])
+    return build_model(name, **kw)
+
+
+# ======================================================================== summary
+def _layer_account(spec, shape):
+    """(output shape, params, neurons, multiply-adds) of one layer for one image."""
+    kind = spec["kind"]
+    if kind == "conv":
+        c, h, w = shape
+        oh, ow = _out(h, spec["k"], spec["s"], spec["p"]), _out(w, spec["k"], spec["s"], spec["p"])
+        out = (spec["cout"], oh, ow)
+        fan_in = spec["cin"] * spec["k"] ** 2
+        n = spec["cout"] * oh * ow
+        return out, spec["cout"] * fan_in + spec["cout"], n, n * fan_in
+    if kind == "linear":
+        out = (spec["cout"],)
+        return out, spec["cin"] * spec["cout"] + spec["cout"], spec["cout"], spec["cin"] * spec["cout"]
+    if kind == "pool":
+        c, h, w = shape
+        return (c, _out(h, spec["k"], spec["s"]), _out(w, spec["k"], spec["s"])), 0, 0, 0
+    if kind == "flatten":
+        size = 1
+        for d in shape:
+            size *= d
+        return (size,), 0, 0, 0
+    return shape, 0, 0, 0          # relu, tanh, lrn, dropout: same shape
+
+
+def _numel(shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+class Summary:
+    """A model's per-layer account.
+
+    ``rows``: one dict per layer and tower (and per transfer step) with keys
+    layer, kind, output_shape (per image), params, neurons (outputs of conv and FC
+    layers: the paper's count), flops (forward, 2 x multiply-adds, per image; only
+    conv and FC layers do multiply-adds), activation_bytes (the layer's output per
+    image), transfer_bytes (bytes that cross between towers per image), device.
+    ``totals``: the same summed.  ``neurons_by_layer()``: {layer: neurons, all towers}.
+    ``str(summary)`` / ``summary.text``: a printable table.
+    """
+
+    COLUMNS = ("layer", "kind", "output_shape", "params", "neurons", "flops",
+               "activation_bytes", "transfer_bytes", "device")
+
+    def __init__(self, model):
+        self.model = model
+        itemsize = backend.xp().dtype(model.dtype).itemsize
+        shape = model.input_shape
+        rows = []
+        for step in model.steps:
+            if step.transfers:
+                if step.kind == "broadcast":
+                    new = [shape] * len(step.devices)
+                    sent = sum(_numel(shape) for d in step.devices[1:] if d != step.devices[0])
+                else:
+                    shapes = shape
+                    cat = (sum(s[0] for s in shapes),) + tuple(shapes[0][1:])
+                    if step.kind == "exchange":
+                        new = [cat] * len(step.devices)
+                        sent = sum(_numel(s) for j, s in enumerate(shapes)
+                                   for d in step.devices if d != step.devices[j])
+                    else:
+                        new = cat
+                        sent = sum(_numel(s) for j, s in enumerate(shapes)
+                                   if step.devices[j] != step.device)
+                rows.append(dict(layer=step.name, kind=step.kind,
+                                 output_shape=new if isinstance(new, tuple) else new[0],
+                                 params=0, neurons=0, flops=0, activation_bytes=0,
+                                 transfer_bytes=sent * itemsize,
+                                 device="->".join(str(d) for d in step.devices)))
+                shape = new
+            elif isinstance(step, TowerLayer):
+                new = []
+                for (prefix, _, d), s in zip(step.named_layers(), shape):
+                    out, p, n, macs = _layer_account(step.spec, s)
+                    rows.append(dict(layer=prefix, kind=step.kind, output_shape=out, params=p,
+                                     neurons=n, flops=2 * macs,
+                                     activation_bytes=_numel(out) * itemsize,
+                                     transfer_bytes=0, device=str(d)))
+                    new.append(out)
+                shape = new
+            else:
+                out, p, n, macs = _layer_account(step.spec, shape)
+                rows.append(dict(layer=step.name, kind=step.kind, output_shape=out, params=p,
+                                 neurons=n, flops=2 * macs,
+                                 activation_bytes=_numel(out) * itemsize,
+                                 transfer_bytes=0, device=str(step.device)))
+                shape = out
+        self.rows = rows
+        self.totals = {k: sum(r[k] for r in rows)
+                       for k in ("params", "neurons", "flops", "activation_bytes",
+                                 "transfer_bytes")}
+        self.text = self._format()
+
+    def neurons_by_layer(self):
+        """{layer: neurons of all towers together} for the conv and FC layers."""
+        out = {}
+        for r in self.rows:
+            if r["kind"] in ("conv", "linear"):
+                base = r["layer"].split(".")[0]
+                out[base] = out.get(base, 0) + r["neurons"]
+        return out
+
+    def _format(self):
+        head = ("layer", "kind", "output (per image)", "params", "neurons", "MFLOP",
+                "act KiB", "sent KiB", "device")
+        lines = []
+        for r in self.rows:
+            lines.append((r["layer"], r["kind"], "x".join(map(str, r["output_shape"])),
+                          f"{r['params']:,}", f"{r['neurons']:,}" if r["neurons"] else "",
+                          f"{r['flops'] / 1e6:.1f}" if r["flops"] else "",
+                          f"{r['activation_bytes'] / 1024:.1f}" if r["activation_bytes"] else "",
+                          f"{r['transfer_bytes'] / 1024:.1f}" if r["transfer_bytes"] else "",
+                          r["device"]))
+        t = self.totals
+        lines.append(("total", "", "", f"{t['params']:,}", f"{t['neurons']:,}",
+                      f"{t['flops'] / 1e6:.1f}", f"{t['activation_bytes'] / 1024:.1f}",
+                      f"{t['transfer_bytes'] / 1024:.1f}", ""))
+        widths = [max(len(str(x[i])) for x in lines + [head]) for i in range(len(head))]
+
+        def fmt(row):
+            return "  ".join(str(c).ljust(w) if i < 3 else str(c).rjust(w)
+                             for i, (c, w) in enumerate(zip(row, widths)))
+        out = [f"{self.model.arch}", fmt(head), "-" * len(fmt(head))]
+        out += [fmt(r) for r in lines[:-1]] + ["-" * len(fmt(head)), fmt(lines[-1])]
+        out.append(f"forward: {t['flops'] / 1e9:.3f} GFLOP per image (2 x multiply-adds "
+                   "of conv and FC layers); training step about 3x that")
+        m = self.model
+        if isinstance(m, AlexNet) and not isinstance(m, SmallAlexNet) and m.input_size == 227:
+            out.append("note: " + CONV1_NOTE)
+        return "\n".join(out)
+
+    def __str__(self):
+        return self.text
+
+    def __repr__(self):
+        return self.text

@@ -1,0 +1,237 @@
+"""Stochastic gradient descent and learning-rate schedules (paper 5).
+
+The paper's update, for every parameter w with gradient g = dL/dw (averaged over the
+batch of 128), momentum 0.9, weight decay 0.0005, learning rate lr:
+
+    v <- 0.9 v - 0.0005 lr w - lr g
+    w <- w + v
+
+Weight decay applies to every parameter, biases included: the paper states the rule
+for every weight and does not exempt biases, so we follow it literally.  (Modern code
+often exempts biases: ``SGD(model, decay_filter=lambda name: name.endswith(".W"))``.)
+
+    opt = SGD(model, lr=0.01)             # momentum 0.9, weight_decay 5e-4
+    ...forward, backward...
+    opt.step()                            # reads model.params() and model.grads()
+    sched = ReduceLROnPlateau(opt)        # lr / 10 when validation error stalls
+    sched.step(val_error)                 # once per epoch
+
+Learning rate schedules: ``ReduceLROnPlateau`` (the paper's: "divide the learning rate
+by 10 when the validation error rate stopped improving with the current learning
+rate"; it was reduced three times) and ``StepLR`` (a fixed schedule: lr / 10 at given
+epochs).  Optimiser and schedules have ``state_dict()`` / ``load_state_dict()``, so a
+resumed run continues bit-identically.
+"""
+
+from . import backend
+
+__all__ = ["SGD", "ReduceLROnPlateau", "StepLR"]
+
+# The update streams through memory; in blocks that fit in the CPU's cache the five
+# passes below touch each block while it is hot (measured: 219 -> 120 ms over 62 M
+# parameters).  On GPUs whole arrays are best (one kernel per pass).
+CPU_BLOCK = 1 << 15
+
+
+class SGD:
+    """SGD with momentum and weight decay, exactly the paper's update (see module doc).
+
+    ``params``: a model (anything with ``params()`` and ``grads()``) or a dict
+    {name: array}.  Updates happen in place on the parameter arrays, each on its own
+    device, with a momentum buffer ("velocity") on the same device, created zero.
+
+    ``decay_filter(name) -> bool`` (default: every parameter) chooses which
+    parameters get weight decay.  ``block``: elements per cache block on the CPU
+    (None: whole arrays; default: blocks on NumPy, whole arrays elsewhere).
+    """
+
+    def __init__(self, params, lr=0.01, momentum=0.9, weight_decay=0.0005,
+                 decay_filter=None, block="auto"):
+        self.source = params
+        self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
+        self.decay_filter = decay_filter
+        if block == "auto":
+            block = CPU_BLOCK if backend.current().name == "numpy" else None
+        self.block = block
+        self.steps = 0
+        self.velocity = {}
+        self._scratch = {}
+        for name, p in self.params().items():
+            self.velocity[name] = self._zeros_like(p)
+
+    def params(self):
+        s = self.source
+        return s.params() if hasattr(s, "params") and callable(s.params) else s
+
+    @staticmethod
+    def _zeros_like(p):
+        with backend.device(backend.get_device_id(p)):
+            return backend.xp().zeros(p.shape, dtype=p.dtype)
+
+    def _scratch_for(self, p, n):
+        """A reusable work buffer of >= n elements on p's device, of p's dtype."""
+        key = (backend.get_device_id(p), p.dtype)
+        buf = self._scratch.get(key)
+        if buf is None or buf.size < n:
+            with backend.device(key[0]):
+                buf = self._scratch[key] = backend.xp().empty(n, dtype=p.dtype)
+        return buf
+
+    def step(self, grads=None):
+        """One update of every parameter.  ``grads`` defaults to the model's grads()."""
+        if grads is None:
+            if not hasattr(self.source, "grads"):
+                raise TypeError("SGD.step: pass grads= when SGD was given a dict of params")
+            grads = self.source.grads()
+        params = self.params()
+        for name, w in params.items():
+            if name not in self.velocity:
+                raise KeyError(f"SGD.step: parameter {name!r} has no momentum buffer "
+                               "(the model changed after the optimiser was made)")
+            decay = self.weight_decay
+            if self.decay_filter is not None and not self.decay_filter(name):
+                decay = 0.0
+            with backend.device(backend.get_device_id(w)):
+                self._update(w, grads[name], self.velocity[name], decay)
+        self.steps += 1
+
+    def _update(self, w, g, v, decay):
+        xp = backend.xp()
+        t = w.dtype.type
+        lr, mom, lr_decay = t(self.lr), t(self.momentum), t(self.lr * decay)
+        wf, gf, vf = w.reshape(-1), g.reshape(-1), v.reshape(-1)
+        n = wf.size
+        block = n if not self.block else min(self.block, n)
+        scratch = self._scratch_for(w, block)
+        for start in range(0, n, block):
+            end = min(start + block, n)
+            wb, gb, vb, sb = wf[start:end], gf[start:end], vf[start:end], scratch[:end - start]
+            vb *= mom                          # v <- 0.9 v
+            if decay:
+                xp.multiply(wb, lr_decay, out=sb)
+                vb -= sb                       #      - 0.0005 lr w
+            xp.multiply(gb, lr, out=sb)
+            vb -= sb                           #      - lr g
+            wb += vb                           # w <- w + v
+
+    def zero_velocity(self):
+        for v in self.velocity.values():
+            v[...] = 0
+
+    def state_dict(self):
+        """{"lr", "momentum", "weight_decay", "steps": JSON-able numbers,
+        "velocity": {param name: host NumPy array}}."""
+        return {"lr": self.lr, "momentum": self.momentum,
+                "weight_decay": self.weight_decay, "steps": self.steps,
+                "velocity": {k: backend.to_numpy(v).copy() for k, v in self.velocity.items()}}
+
+    def load_state_dict(self, state):
+        """Restore hyperparameters and momentum buffers (copied onto their devices)."""
+        vel = state["velocity"]
+        for name, v in self.velocity.items():
+            if name not in vel:
+                raise KeyError(f"SGD.load_state_dict: no velocity for parameter {name!r}")
+            if tuple(vel[name].shape) != tuple(v.shape):
+                raise ValueError(f"SGD.load_state_dict: velocity {name!r} has shape "
+                                 f"{tuple(vel[name].shape)}, the parameter {tuple(v.shape)}")
+        for name, v in self.velocity.items():
+            dev = backend.get_device_id(v)
+            with backend.device(dev):
+                v[...] = backend.to_device(vel[name], dev)
+        self.lr = float(state["lr"])
+        self.momentum = float(state["momentum"])
+        self.weight_decay = float(state["weight_decay"])
+        self.steps = int(state.get("steps", 0))
+        return self
+
+
+class ReduceLROnPlateau:
+    """Divide the learning rate by 10 when the validation error stops improving (paper 5).
+
+    Call ``step(val_error)`` once per epoch.  An epoch "improves" when its error is
+    below the best so far by more than ``threshold``.  After ``patience`` epochs in a
+    row without improvement, lr <- lr * ``factor`` and the count restarts; at most
+    ``max_reductions`` times (the paper: three; None for no limit).  The paper does not
+    say how long it waited, so ``patience`` is a guess you should set.
+    Returns True from ``step`` when it reduced the learning rate.
+    """
+
+    def __init__(self, optimizer, factor=0.1, patience=3, max_reductions=3, threshold=0.0):
+        self.optimizer = optimizer
+        self.factor, self.patience = float(factor), int(patience)
+        self.max_reductions, self.threshold = max_reductions, float(threshold)
+        self.best = None
+        self.bad_epochs = 0
+        self.reductions = 0
+
+    def step(self, metric):
+        metric = float(metric)
+        if self.best is None or metric < self.best - self.threshold:
+            self.best, self.bad_epochs = metric, 0
+            return False
+        self.bad_epochs += 1
+        if self.bad_epochs < self.patience:
+            return False
+        if self.max_reductions is not None and self.reductions >= self.max_reductions:
+            return False
+        self.optimizer.lr *= self.factor
+        self.reductions += 1
+        self.bad_epochs = 0
+        return True
+
+    @property
+    def finished(self):
+        """True once the learning rate has been reduced ``max_reductions`` times."""
+        return self.max_reductions is not None and self.reductions >= self.max_reductions
+
+    def state_dict(self):
+        return {"factor": self.factor, "patience": self.patience,
+                "max_reductions": self.max_reductions, "threshold": self.threshold,
+                "best": self.best, "bad_epochs": self.bad_epochs,
+                "reductions": self.reductions}
+
+    def load_state_dict(self, state):
+        for k in ("factor", "threshold"):
+            setattr(self, k, float(state[k]))
+        self.patience = int(state["patience"])
+        self.max_reductions = state["max_reductions"]
+        self.best = state["best"]
+        self.bad_epochs = int(state["bad_epochs"])
+        self.reductions = int(state["reductions"])
+        return self
+
+
+class StepLR:
+    """A fixed schedule: lr = base_lr * gamma ** (number of milestones passed).
+
+    ``milestones``: the epochs at which to divide by 10, e.g. (30, 60, 80) for a
+    90-epoch run that, like the paper's, reduces three times.  Call ``step()`` once at
+    the end of each epoch; ``epoch`` counts the calls.
+    """
+
+    def __init__(self, optimizer, milestones=(30, 60, 80), gamma=0.1, base_lr=None):
+        self.optimizer = optimizer
+        self.milestones = sorted(int(m) for m in milestones)
+        self.gamma = float(gamma)
+        self.base_lr = float(optimizer.lr if base_lr is None else base_lr)
+        self.epoch = 0
+
+    def lr_at(self, epoch):
+        return self.base_lr * self.gamma ** sum(1 for m in self.milestones if epoch >= m)
+
+    def step(self):
+        self.epoch += 1
+        self.optimizer.lr = self.lr_at(self.epoch)
+        return self.optimizer.lr
+
+    def state_dict(self):
+        return {"milestones": list(self.milestones), "gamma": self.gamma,
+                "base_lr": self.base_lr, "epoch": self.epoch}
+
+    def load_state_dict(self, state):
+        self.milestones = [int(m) for m in state["milestones"]]
+        self.gamma = float(state["gamma"])
+        self.base_lr = float(state["base_lr"])
+        self.epoch = int(state["epoch"])
+        self.optimizer.lr = self.lr_at(self.epoch)
+        return self

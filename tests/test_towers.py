@@ -1,0 +1,300 @@
+"""The two towers (paper 3.2): device placement, explicit transfers, and equivalence.
+
+(a) On a backend with two fake devices whose arrays refuse to meet
+    (tests/fake_devices.py), the two-tower net runs forward and backward with tower i
+    on device i, moves data only at the transfer steps, never synchronises with the
+    host, and computes exactly what the one-device net computes.
+(b) Removing any one transfer (forward or backward) makes it fail.
+(c) The two towers equal ONE network with grouped convolutions (groups=2 for conv2,
+    conv4, conv5, and LRN within each group), computed by PyTorch.
+"""
+
+import types
+
+import numpy as np
+import pytest
+
+from minialexnet import backend, towers
+from minialexnet.models import AlexNet, SmallAlexNet
+from minialexnet.optim import SGD
+
+import fake_devices
+from fake_devices import DeviceMismatch, FakeArray, FakeDevices, on_device
+
+
+@pytest.fixture(autouse=True)
+def numpy_backend():
+    backend.use("numpy", seed=0)
+    yield
+    backend.use("numpy", seed=0)
+
+
+def tiny(devices=(0, 1), **kw):
+    """The paper's topology at a tiny width (32 px, two towers)."""
+    kw.setdefault("init_std", 0.1)
+    return SmallAlexNet(width=0.25, devices=devices, **kw)
+
+
+def images(n=3, size=32, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, 3, size, size)).astype(np.float32)
+
+
+# ---------------------------------------------------------------- the fake backend itself
+def test_fake_devices_refuse_to_meet():
+    fake = backend.use(FakeDevices(2))
+    xp = fake.xp
+    with backend.device(1):
+        a = xp.ones(3, dtype=np.float32)
+        assert a.device == 1 and (a + a).device == 1
+    assert xp.zeros(2).device == 0
+    with pytest.raises(DeviceMismatch):
+        a + 1                                   # used on device 0
+    with pytest.raises(DeviceMismatch):
+        a.reshape(3, 1)
+    with pytest.raises(DeviceMismatch):
+        xp.concatenate([xp.zeros(3), a])
+    a0 = backend.to_device(a, 0)
+    with backend.device(1), pytest.raises(DeviceMismatch):
+        a + a0                                  # mixing devices
+    with pytest.raises(DeviceMismatch):
+        b = xp.zeros(3)
+        b[...] = a                              # copying across without a transfer
+    fake.transfers.clear()
+    b = backend.to_device(a, 0)
+    assert b.device == 0 and (b + 1).device == 0
+    assert fake.transfers == [(1, 0, (3,))]
+    gen0 = _rng_on(fake, 0)
+    with backend.device(1), pytest.raises(DeviceMismatch):
+        gen0.random(3)                          # device 0's generator used on device 1
+    float(b.sum())
+    assert fake.syncs == ["float()"]
+
+
+def _rng_on(fake, i):
+    with backend.device(i):
+        return fake.rng
+
+
+# ---------------------------------------------------------------- (a) two fake devices
+def test_two_towers_on_two_fake_devices():
+    fake = backend.use(FakeDevices(2))
+    model = tiny((0, 1))
+    placed = model.param_devices()
+    for name, p in model.params().items():
+        assert isinstance(p, FakeArray) and p.device == placed[name]
+        want = 1 if ".tower1." in name else 0
+        assert p.device == want, name          # tower 1's half on device 1; fc8 on 0
+    x = on_device(images(), 0)
+    fake.syncs.clear()
+    fake.transfers.clear()
+    logits = model.forward(x)
+    assert logits.device == 0 and logits.shape == (3, 10)
+    dx = model.backward(on_device(np.ones((3, 10), np.float32), 0))
+    assert dx.device == 0 and dx.shape == x.shape
+    for name, g in model.grads().items():
+        assert g.device == placed[name], name
+    # Nothing in forward or backward waited for a device (on CuPy: the towers overlap).
+    assert fake.syncs == []
+    # The links of Figure 2, forward then backward: image -> tower 1; conv3, fc6, fc7
+    # exchange both ways; fc7 of tower 1 -> fc8; and the same links backwards.
+    pairs = [(a, b) for a, b, _ in fake.transfers]
+    links = [(0, 1)] + [(1, 0), (0, 1)] * 3 + [(1, 0)]
+    assert pairs == links + links
+    # The optimiser updates each parameter on its own device.
+    opt = SGD(model, lr=0.1)
+    for name, v in opt.velocity.items():
+        assert v.device == placed[name]
+    opt.step()
+    assert fake.syncs == []
+
+
+def test_fake_two_devices_compute_what_one_device_computes():
+    x = images()
+    dlogits = np.random.default_rng(1).standard_normal((3, 10)).astype(np.float32)
+    ref = tiny((0, 0)).eval()
+    state = ref.state_dict()
+    want_logits = ref.forward(x)
+    want_dx = ref.backward(dlogits)
+    want_grads = {k: v.copy() for k, v in ref.grads().items()}
+
+    backend.use(FakeDevices(2))
+    model = tiny((0, 1)).eval()
+    model.load_state_dict(state)
+    logits = model.forward(on_device(x, 0))
+    dx = model.backward(on_device(dlogits, 0))
+    np.testing.assert_allclose(np.asarray(logits), want_logits, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(dx), want_dx, rtol=1e-5, atol=1e-7)
+    for name, g in model.grads().items():
+        np.testing.assert_allclose(np.asarray(g), want_grads[name], rtol=1e-5, atol=1e-7,
+                                   err_msg=name)
+
+
+def test_both_towers_on_one_fake_device_need_no_transfers():
+    fake = backend.use(FakeDevices(2))
+    model = tiny((0, 0))
+    fake.transfers.clear()
+    model.backward(model.forward(on_device(images(), 0)))
+    assert fake.transfers == []
+
+
+def test_features_gather_the_towers_onto_the_first_device():
+    backend.use(FakeDevices(2))
+    model = tiny((0, 1)).eval()
+    f = model.features(on_device(images(), 0), layer="pool2")
+    assert f.device == 0 and f.shape == (3, 16, 7, 7)
+
+
+# ---------------------------------------------------------------- (b) remove one transfer
+def _run_skipping(monkeypatch, skip):
+    """Forward+backward on two fake devices with the ``skip``-th cross-device transfer
+    left out (its input returned as is).  Returns the number of such transfers."""
+    fake = backend.use(FakeDevices(2, seed=0))
+    model = tiny((0, 1))
+    x = on_device(images(2), 0)
+    real = towers.transfer
+    count = [0]
+
+    def transfer(a, device):
+        if fake.device_of(a) != device:
+            k = count[0]
+            count[0] += 1
+            if k == skip:
+                return a                       # the transfer step, removed
+        return real(a, device)
+    monkeypatch.setattr(towers, "transfer", transfer)
+    model.backward(model.forward(x))
+    return count[0]
+
+
+def test_removing_any_one_transfer_fails(monkeypatch):
+    n = _run_skipping(monkeypatch, skip=-1)     # nothing removed: runs
+    assert n == 16                              # 8 links forward, 8 backward
+    for k in range(n):
+        with pytest.raises(DeviceMismatch):
+            _run_skipping(monkeypatch, skip=k)
+
+
+# ---------------------------------------------------------------- per-device RNG on CuPy
+def test_cupy_backend_has_one_generator_per_device():
+    """CuPy refuses a Generator under another device than the one it was made on, so
+    tower 1's dropout on GPU 1 needs GPU 1's generator.  Checked with a stand-in cupy."""
+    current = [0]
+
+    class Device:
+        def __init__(self, i=None):
+            self.id = current[0] if i is None else i
+
+        def __enter__(self):
+            self.prev, current[0] = current[0], self.id
+
+        def __exit__(self, *exc):
+            current[0] = self.prev
+
+    made = []
+
+    def default_rng(seed):
+        made.append((current[0], seed))
+        return types.SimpleNamespace(device=current[0], seed=seed)
+
+    cupy = types.SimpleNamespace(
+        cuda=types.SimpleNamespace(Device=Device,
+                                   runtime=types.SimpleNamespace(getDeviceCount=lambda: 2)),
+        random=types.SimpleNamespace(default_rng=default_rng))
+    b = backend.CupyBackend(cupy, seed=7)
+    assert b.rng.device == 0 and b.rng.seed == 7      # device 0: seeded as before
+    with Device(1):
+        assert b.rng.device == 1 and b.rng.seed != 7
+    assert b.rng is b.rng and made == [(0, 7), (1, 7 + 1000003)]
+    b.seed(3)
+    assert b.rng.seed == 3
+
+
+# ---------------------------------------------------------------- (c) PyTorch, grouped convs
+def torch_grouped_alexnet(params, x, lrn_alpha, masks=None, eval_scale=None):
+    """The two-tower net as ONE network: grouped convolutions (groups=2) for conv2,
+    conv4, conv5, LRN within each group, full connections elsewhere."""
+    import torch
+    import torch.nn.functional as F
+
+    def cat(layer, k):
+        parts = [params[f"{layer}.tower{i}.{k}"] for i in range(2)]
+        return torch.cat(parts, 0)
+
+    def lrn(h):
+        # the paper's alpha multiplies the plain sum; torch divides alpha by n
+        return torch.cat([F.local_response_norm(c, 5, alpha=5 * lrn_alpha, beta=0.75, k=2.0)
+                          for c in h.chunk(2, dim=1)], 1)
+
+    def drop(h, i):
+        return h * masks[i] if masks is not None else h * eval_scale
+
+    h = F.relu(F.conv2d(x, cat("conv1", "W"), cat("conv1", "b"), stride=4))
+    h = F.max_pool2d(lrn(h), 3, 2)
+    h = F.relu(F.conv2d(h, cat("conv2", "W"), cat("conv2", "b"), padding=2, groups=2))
+    h = F.max_pool2d(lrn(h), 3, 2)
+    h = F.relu(F.conv2d(h, cat("conv3", "W"), cat("conv3", "b"), padding=1))
+    h = F.relu(F.conv2d(h, cat("conv4", "W"), cat("conv4", "b"), padding=1, groups=2))
+    h = F.relu(F.conv2d(h, cat("conv5", "W"), cat("conv5", "b"), padding=1, groups=2))
+    h = F.max_pool2d(h, 3, 2).flatten(1)
+    h = drop(F.relu(F.linear(h, cat("fc6", "W"), cat("fc6", "b"))), 0)
+    h = drop(F.relu(F.linear(h, cat("fc7", "W"), cat("fc7", "b"))), 1)
+    return F.linear(h, params["fc8.W"], params["fc8.b"])
+
+
+def _set_lrn_alpha(model, alpha):
+    # At the paper's alpha = 1e-4 LRN is nearly the identity, and LRN across the tower
+    # boundary would pass unnoticed; a strong alpha makes the grouping visible.
+    for prefix, layer, _ in model.named_layers():
+        if prefix.startswith("norm"):
+            layer.alpha = alpha
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_two_towers_equal_grouped_convolutions_in_pytorch(mode):
+    torch = pytest.importorskip("torch")
+    # The paper's AlexNet at a reduced width, float64; 99 px gives 2x2 maps at pool5
+    model = AlexNet(num_classes=7, input_size=99, widths=(8, 16, 24, 24, 16), fc=(12, 10),
+                    init_std=0.2, dtype="float64")
+    _set_lrn_alpha(model, 0.5)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 99, 99))
+    dlogits = rng.standard_normal((2, 7))
+    masks = None
+    if mode == "train":
+        model.train()
+        masks = []
+        for name in ("drop6", "drop7"):                # fixed masks via forward(x, mask=)
+            step = next(s for s in model.steps if s.name == name)
+            per_tower = []
+            for layer in step.layers:
+                m = rng.random((2, 6 if name == "drop6" else 5)) >= 0.5
+                per_tower.append(m)
+                layer.forward = types.MethodType(
+                    lambda self, h, mask=None, _m=m, _f=type(layer).forward: _f(self, h, mask=_m),
+                    layer)
+            masks.append(torch.from_numpy(np.concatenate(per_tower, 1).astype(np.float64)))
+    else:
+        model.eval()
+    logits = model.forward(x)
+    dx = model.backward(dlogits)
+
+    tp = {k: torch.tensor(v, requires_grad=True) for k, v in model.params().items()}
+    tx = torch.tensor(x, requires_grad=True)
+    tlogits = torch_grouped_alexnet(tp, tx, 0.5, masks=masks, eval_scale=0.5)
+    tlogits.backward(torch.from_numpy(dlogits))
+    np.testing.assert_allclose(logits, tlogits.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-9, atol=1e-12)
+    for name, g in model.grads().items():
+        np.testing.assert_allclose(g, tp[name].grad.numpy(), rtol=1e-9, atol=1e-12,
+                                   err_msg=name)
+
+
+def test_lrn_across_the_tower_boundary_would_differ():
+    """The check above can fail: one LRN over all channels is a different network."""
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+    h = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 8, 3, 3)))
+    grouped = torch.cat([F.local_response_norm(c, 5, alpha=2.5, beta=0.75, k=2.0)
+                         for c in h.chunk(2, 1)], 1)
+    whole = F.local_response_norm(h, 5, alpha=2.5, beta=0.75, k=2.0)
+    assert not torch.allclose(grouped, whole)
