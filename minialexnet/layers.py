@@ -14,7 +14,8 @@ Conventions (all layers):
 """
 
 from . import backend
-from .im2col import col2im, conv_output_size, im2col
+from .im2col import col2im_nhwc, conv_output_size, im2col_nhwc
+from .parallel import parallel_for
 
 __all__ = ["Layer", "Conv2D", "ReLU", "Tanh", "LocalResponseNorm", "MaxPool2D",
            "Dropout", "Linear", "Flatten", "SoftmaxCrossEntropy", "ShapeError"]
@@ -59,6 +60,27 @@ class Layer:
         return f"{type(self).__name__}({self.name!r})"
 
 
+def _channels_last(x):
+    """True if the NCHW-shaped ``x`` is stored channels last (as Conv2D outputs are)."""
+    return x.ndim == 4 and x.shape[1] > 1 and x.strides[1] == x.itemsize and \
+        x.strides[3] >= x.shape[1] * x.itemsize
+
+
+def _empty4(shape, dtype, channels_last):
+    """An uninitialised NCHW-shaped array, stored channels last if asked."""
+    xp = backend.xp()
+    if not channels_last:
+        return xp.empty(shape, dtype=dtype)
+    N, C, H, W = shape
+    return xp.empty((N, H, W, C), dtype=dtype).transpose(0, 3, 1, 2)
+
+
+def _min_rows(x, min_bytes=1 << 18):
+    """Rows of ``x`` per thread below which threads cost more than they save."""
+    row = max(1, x[0].size * x.itemsize) if x.ndim and x.shape[0] else 1
+    return max(1, min_bytes // row)
+
+
 def _normal(shape, std, dtype):
     """N(0, std^2) weights drawn from the backend's seeded generator (paper 5)."""
     return backend.rng().standard_normal(shape, dtype=dtype) * dtype(std)
@@ -77,7 +99,28 @@ class Conv2D(Layer):
 
     params: W (C_out, C_in, KH, KW), b (C_out,).  Initialised W ~ N(0, weight_std^2),
     b = bias (paper 5: std 0.01; the model sets b = 1 for conv2, conv4, conv5).
+
+    How it runs fast (the maths above is unchanged; only the memory order differs):
+
+    - Channels last inside.  The input is read as (N, H, W, C) and the columns are
+      the transpose of the matrix above, cols (N*OH*OW, KH*KW*C), built by
+      ``im2col_nhwc`` with one run of KW*C numbers per window row.  Then
+      Y = cols @ W2.T is (N*OH*OW, C_out), which *is* the output in channels-last
+      order.  It is returned as an (N, C_out, OH, OW) array whose memory is
+      channels-last (a transposed view, like PyTorch's ``channels_last``), so
+      the next Conv2D reads it without any copy.  Shapes and values are NCHW.
+    - The batch goes through in chunks of about ``chunk_bytes`` of columns: the
+      column buffer is reused (no 500 MB array per call), and backward rebuilds
+      the columns of each chunk from the cached input instead of keeping them.
+    - Copies in and out of columns run on ``parallel.threads()`` threads, split
+      over the images of the chunk; the matrix multiplies use BLAS's threads.
+
+    ``needs_input_grad = False`` (for a network's first layer, whose input is the
+    image) makes ``backward`` skip dx and return None.
     """
+
+    chunk_bytes = 24 << 20
+    needs_input_grad = True
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  weight_std=0.01, bias=0.0, dtype=None, name=None):
@@ -89,7 +132,7 @@ class Conv2D(Layer):
         xp = backend.xp()
         self.params["W"] = _normal((out_channels, in_channels, kh, kw), weight_std, dtype)
         self.params["b"] = xp.full((out_channels,), bias, dtype=dtype)
-        self._cols_buffer = None
+        self._buffers = {}
 
     def output_shape(self, input_shape):
         """(C_out, OH, OW) for an input of shape (C_in, H, W)."""
@@ -107,38 +150,141 @@ class Conv2D(Layer):
             raise ShapeError(f"{self.name}: input {x.shape[2]}x{x.shape[3]} (padding {p}) "
                              f"is smaller than the {kh}x{kw} kernel")
 
+    def _buffer(self, name, shape, dtype, zero=False):
+        """A reused work array: allocated once per shape, not on every call."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            xp = backend.xp()
+            buf = xp.zeros(shape, dtype=dtype) if zero else xp.empty(shape, dtype=dtype)
+            self._buffers[name] = buf
+        return buf
+
+    def _w2(self):
+        """W as (C_out, KH*KW*C_in), columns in the (kh, kw, c) order of the columns."""
+        W = self.params["W"]
+        return W.transpose(0, 2, 3, 1).reshape(self.out_channels, -1)  # a small copy
+
+    def _plan(self, x):
+        N, C, H, W = x.shape
+        (kh, kw), s, p = self.kernel_size, self.stride, self.padding
+        _, oh, ow = self.output_shape((C, H, W))
+        # Bytes of columns per image: of x (forward, dW) and, for dx by the
+        # transposed convolution (see _dx_by_convolution), of dy.
+        width = kh * kw * max(C, self.out_channels if self._transposed_ok() else 0)
+        per_image = max(oh * ow, H * W) * width * x.dtype.itemsize
+        nb = max(1, min(N, self.chunk_bytes // max(1, per_image)))
+        return N, C, H, W, kh, kw, s, p, oh, ow, nb
+
+    def _transposed_ok(self):
+        (kh, kw), s, p = self.kernel_size, self.stride, self.padding
+        return self.needs_input_grad and s == 1 and p <= min(kh, kw) - 1
+
+    def _columns(self, x, n0, n1, plan, name="cols", pad_by=None):
+        """Columns of images n0..n1 of ``x`` (channels last), in a reused buffer.
+
+        ``pad_by`` = (ph, pw) pads differently from the layer (used for dy)."""
+        N, C, H, W, kh, kw, s, p, oh, ow, nb = plan
+        C, H, W = x.shape[1:]
+        ph, pw = pad_by or (p, p)
+        xh = x.transpose(0, 2, 3, 1)                     # (N, H, W, C): a view
+        m = n1 - n0
+        oh = conv_output_size(H, kh, s, ph)
+        ow = conv_output_size(W, kw, s, pw)
+        k = kh * kw * C
+        buf = self._buffer(name, (nb * oh * ow * k,), x.dtype)
+        cols = buf[:m * oh * ow * k].reshape(m * oh * ow, k)
+        direct = ph == pw == 0 and xh.flags.c_contiguous
+        if not direct:
+            # Padding (and NCHW memory) need one copy into a zero-bordered buffer.
+            pad = self._buffer(name + ".pad", (nb, H + 2 * ph, W + 2 * pw, C), x.dtype, zero=True)
+
+        def work(lo, hi):
+            if direct:
+                src = xh[n0 + lo:n0 + hi]
+            else:
+                src = pad[lo:hi]
+                src[:, ph:ph + H, pw:pw + W, :] = xh[n0 + lo:n0 + hi]
+            im2col_nhwc(src, kh, kw, s, out=cols[lo * oh * ow:hi * oh * ow].reshape(-1))
+        parallel_for(m, work)
+        return cols
+
     def forward(self, x):
         self._check(x)
         xp = backend.xp()
-        (kh, kw), s, p = self.kernel_size, self.stride, self.padding
-        N, C, H, W = x.shape
-        if p:
-            xpad = xp.zeros((N, C, H + 2 * p, W + 2 * p), dtype=x.dtype)
-            xpad[:, :, p:p + H, p:p + W] = x
-        else:
-            xpad = x
-        cols = im2col(xpad, kh, kw, s, out=self._cols_buffer)
-        self._cols_buffer = cols.reshape(-1)  # reused by the next call: no page faults
-        w2 = self.params["W"].reshape(self.out_channels, -1)
-        y = xp.matmul(w2, cols)                          # (C_out, N*OH*OW)
-        y += self.params["b"][:, None]
-        _, oh, ow = self.output_shape((C, H, W))
-        self.cache = (cols, xpad.shape, x.shape)
-        # GEMM output is (C_out, N, OH, OW); NCHW is the public layout.
-        return y.reshape(self.out_channels, N, oh, ow).transpose(1, 0, 2, 3).copy()
+        plan = N, C, H, W, kh, kw, s, p, oh, ow, nb = self._plan(x)
+        w2t = self._w2().T                               # (K, C_out), a transposed view
+        b = self.params["b"]
+        y = xp.empty((N, oh, ow, self.out_channels), dtype=x.dtype)
+        y2 = y.reshape(N * oh * ow, self.out_channels)
+        for n0 in range(0, N, nb):
+            n1 = min(N, n0 + nb)
+            cols = self._columns(x, n0, n1, plan)
+            rows = y2[n0 * oh * ow:n1 * oh * ow]
+            xp.matmul(cols, w2t, out=rows)               # Y = cols @ W2.T
+            rows += b                                    # while the chunk is in cache
+        self.cache = x
+        return y.transpose(0, 3, 1, 2)                   # NCHW shape, channels-last memory
 
     def backward(self, dy):
+        """dW2 = dY.T @ cols (chunk by chunk), db = sum(dY), and dx.
+
+        dx: for stride 1 (conv2-5) by the transposed convolution -- dx is the
+        convolution of dy, padded by KH-1-p, with W flipped in space and with
+        in/out channels swapped -- which is one more im2col and GEMM and needs no
+        scattered adds; otherwise dcols = dY @ W2 and col2im.
+        """
         xp = backend.xp()
-        cols, pad_shape, x_shape = self.cache
-        (kh, kw), s, p = self.kernel_size, self.stride, self.padding
-        dy2 = xp.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(self.out_channels, -1)
-        w2 = self.params["W"].reshape(self.out_channels, -1)
-        self.grads["W"] = xp.matmul(dy2, cols.T).reshape(self.params["W"].shape)
-        self.grads["b"] = dy2.sum(axis=1)
-        dxpad = col2im(xp.matmul(w2.T, dy2), pad_shape, kh, kw, s)
+        x = self.cache
+        plan = N, C, H, W, kh, kw, s, p, oh, ow, nb = self._plan(x)
+        co = self.out_channels
+        dyh = dy.transpose(0, 2, 3, 1)                   # (N, OH, OW, C_out)
+        if not dyh.flags.c_contiguous:
+            dyh = xp.ascontiguousarray(dyh)
+        dy2 = dyh.reshape(N * oh * ow, co)
+        w2 = self._w2()
+        dw2 = xp.zeros(w2.shape, dtype=x.dtype)
+        part = xp.empty(w2.shape, dtype=x.dtype)
+        dx = xp.empty((N, H, W, C), dtype=x.dtype) if self.needs_input_grad else None
+        transposed = self._transposed_ok()
+        if transposed:
+            # Wf[c, i, j, o] = W[o, c, KH-1-i, KW-1-j], as (C_in, KH*KW*C_out).
+            wf2t = self.params["W"][:, :, ::-1, ::-1].transpose(2, 3, 0, 1).reshape(-1, C)
+            dyn = dyh.transpose(0, 3, 1, 2)              # NCHW view of channels-last dy
+            dx2 = dx.reshape(N * H * W, C)
+        for n0 in range(0, N, nb):
+            n1 = min(N, n0 + nb)
+            cols = self._columns(x, n0, n1, plan)
+            d = dy2[n0 * oh * ow:n1 * oh * ow]
+            xp.matmul(d.T, cols, out=part)               # dW2 += dY.T @ cols
+            dw2 += part
+            if dx is None:
+                continue
+            if transposed:
+                dcols = self._columns(dyn, n0, n1, plan, name="dcols",
+                                      pad_by=(kh - 1 - p, kw - 1 - p))
+                xp.matmul(dcols, wf2t, out=dx2[n0 * H * W:n1 * H * W])
+            else:
+                dcols = xp.matmul(d, w2, out=cols)       # dcols = dY @ W2, same buffer
+                self._col2im(dcols, dx, n0, n1, plan)
+        self.grads["W"] = dw2.reshape(co, kh, kw, C).transpose(0, 3, 1, 2).copy()
+        self.grads["b"] = dy2.sum(axis=0)
         self.cache = None
-        H, W = x_shape[2:]
-        return dxpad[:, :, p:p + H, p:p + W] if p else dxpad
+        return None if dx is None else dx.transpose(0, 3, 1, 2)
+
+    def _col2im(self, dcols, dx, n0, n1, plan):
+        N, C, H, W, kh, kw, s, p, oh, ow, nb = plan
+        if p:
+            pad = self._buffer("dpad", (nb, H + 2 * p, W + 2 * p, C), dx.dtype)
+
+        def work(lo, hi):
+            part = dcols[lo * oh * ow:hi * oh * ow]
+            if p:
+                g = col2im_nhwc(part, (hi - lo, H + 2 * p, W + 2 * p, C), kh, kw, s,
+                                out=pad[lo:hi])
+                dx[n0 + lo:n0 + hi] = g[:, p:p + H, p:p + W, :]   # drop the padding
+            else:
+                col2im_nhwc(part, (hi - lo, H, W, C), kh, kw, s, out=dx[n0 + lo:n0 + hi])
+        parallel_for(n1 - n0, work)
 
 
 class ReLU(Layer):
@@ -149,11 +295,24 @@ class ReLU(Layer):
     """
 
     def forward(self, x):
-        self.mask = x > 0
-        return x * self.mask
+        xp = backend.xp()
+        y = xp.empty_like(x)                     # keeps x's memory order
+        self.mask = xp.empty_like(x, dtype=xp.bool_)
+
+        def work(lo, hi):                        # memory-bound: split over threads
+            xp.greater(x[lo:hi], 0, out=self.mask[lo:hi])
+            xp.maximum(x[lo:hi], 0, out=y[lo:hi])
+        parallel_for(x.shape[0], work, min_per_thread=_min_rows(x))
+        return y
 
     def backward(self, dy):
-        return dy * self.mask
+        xp = backend.xp()
+        dx = xp.empty_like(dy)
+
+        def work(lo, hi):
+            xp.multiply(dy[lo:hi], self.mask[lo:hi], out=dx[lo:hi])
+        parallel_for(dy.shape[0], work, min_per_thread=_min_rows(dy))
+        return dx
 
 
 class Tanh(Layer):
@@ -187,6 +346,14 @@ class LocalResponseNorm(Layer):
         y  = a * S^-beta
         dx = dy * S^-beta - 2 alpha beta * a * (M.T @ (dy * y / S))
     For even n the window is [i - n//2, i + (n-1)//2], as in PyTorch.
+
+    How it runs: ``M @ v`` is computed without M, as a running sum of n shifted
+    copies of v along the channel axis (``_window_sum``: n - 1 slice adds, no
+    matrix multiply); ``M.T @ v`` is the same with the window mirrored.  The batch
+    is split over threads and each thread works on about a megabyte of images at
+    a time, so that the ten or so passes over the data hit the cache, not memory.
+    For beta = 0.75, S^-beta is 1 / (sqrt(S) * sqrt(sqrt(S))), much cheaper than
+    ``power``.  Forward keeps x and S; backward recomputes S^-beta from S.
     """
 
     def __init__(self, size=5, alpha=1e-4, beta=0.75, k=2.0, name=None):
@@ -195,7 +362,8 @@ class LocalResponseNorm(Layer):
         self._band = {}
 
     def band(self, channels, dtype):
-        """The (C, C) 0/1 matrix that sums each channel's window."""
+        """The (C, C) 0/1 matrix that sums each channel's window (for reference:
+        ``_window_sum(v) == M @ v`` along channels; the layer does not use M)."""
         key = (channels, dtype)
         if key not in self._band:
             xp = backend.xp()
@@ -205,27 +373,74 @@ class LocalResponseNorm(Layer):
             self._band[key] = m.astype(dtype)
         return self._band[key]
 
+    @staticmethod
+    def _window_sum(a, out, before, after):
+        """out[:, i] = sum of a[:, j] for i - before <= j <= i + after (clipped)."""
+        out[...] = a
+        for d in range(1, before + 1):
+            out[:, d:] += a[:, :-d]
+        for d in range(1, after + 1):
+            out[:, :-d] += a[:, d:]
+        return out
+
+    def _pow(self, s, out):
+        """out = s ** -beta."""
+        xp = backend.xp()
+        if self.beta == 0.75:
+            xp.sqrt(s, out=out)
+            root4 = xp.sqrt(out)
+            out *= root4
+            return xp.reciprocal(out, out=out)
+        return xp.power(s, -s.dtype.type(self.beta), out=out)
+
+    @staticmethod
+    def _blocks(x, lo, hi):
+        """Slices of images lo..hi, each about a megabyte (cache-sized)."""
+        per = max(1, (1 << 20) // max(1, x[0].size * x.itemsize))
+        return [slice(i, min(hi, i + per)) for i in range(lo, hi, per)]
+
     def forward(self, x):
         self._expect_rank(x, 4, "(N, C, H, W)")
         xp = backend.xp()
-        N, C, H, W = x.shape
-        m = self.band(C, x.dtype)
-        s = xp.matmul(m, (x * x).reshape(N, C, H * W)).reshape(x.shape)
-        s *= x.dtype.type(self.alpha)
-        s += x.dtype.type(self.k)
-        s_pow = s ** -self.beta
-        self.cache = (x, s, s_pow)
-        return x * s_pow
+        t = x.dtype.type
+        y, s = xp.empty_like(x), xp.empty_like(x)        # keep x's memory order
+        before, after = self.size // 2, (self.size - 1) // 2
+
+        def work(lo, hi):
+            for b in self._blocks(x, lo, hi):
+                xs, ss, ys = x[b], s[b], y[b]
+                sq = xp.multiply(xs, xs, out=ys)         # a^2, in y's space for now
+                self._window_sum(sq, ss, before, after)  # M @ a^2
+                ss *= t(self.alpha)
+                ss += t(self.k)                          # S
+                self._pow(ss, out=ys)
+                ys *= xs                                 # y = a * S^-beta
+        parallel_for(x.shape[0], work)
+        self.cache = (x, s)
+        return y
 
     def backward(self, dy):
         xp = backend.xp()
-        x, s, s_pow = self.cache
-        N, C, H, W = x.shape
-        m = self.band(C, x.dtype)
-        t = (dy * x * s_pow / s).reshape(N, C, H * W)    # dy * y / S
-        win = xp.matmul(m.T, t).reshape(x.shape)
+        x, s = self.cache
+        t = x.dtype.type
+        dx = xp.empty_like(x)
+        before, after = (self.size - 1) // 2, self.size // 2   # M.T: mirrored window
+
+        def work(lo, hi):
+            for b in self._blocks(x, lo, hi):
+                xs, ss, dys, dxs = x[b], s[b], dy[b], dx[b]
+                sp = self._pow(ss, out=xp.empty_like(xs))       # S^-beta
+                q = xp.multiply(dys, xs)
+                q *= sp
+                q /= ss                                         # dy * y / S
+                win = self._window_sum(q, xp.empty_like(xs), before, after)
+                win *= xs
+                win *= t(2 * self.alpha * self.beta)
+                xp.multiply(dys, sp, out=dxs)
+                dxs -= win
+        parallel_for(x.shape[0], work)
         self.cache = None
-        return dy * s_pow - x.dtype.type(2 * self.alpha * self.beta) * x * win
+        return dx
 
 
 class MaxPool2D(Layer):
@@ -256,25 +471,45 @@ class MaxPool2D(Layer):
             raise ShapeError(f"{self.name}: input {H}x{W} is smaller than the {z}x{z} window")
         xp = backend.xp()
         oh, ow = conv_output_size(H, z, s), conv_output_size(W, z, s)
-        y = self._slice(x, 0, 0, oh, ow).copy()
-        arg = xp.zeros(y.shape, dtype=xp.uint8)
-        for k in range(1, z * z):
-            win = self._slice(x, k // z, k % z, oh, ow)
-            better = win > y
-            # k only grows, so "arg = k where better" is a branch-free maximum.
-            xp.maximum(arg, better.astype(xp.uint8) * xp.uint8(k), out=arg)
-            xp.maximum(y, win, out=y)
-        self.cache = (arg, x.shape)
+        first = self._slice(x, 0, 0, oh, ow)
+        # empty_like keeps x's memory order (channels last stays channels last).
+        y = xp.empty_like(first)
+        arg = xp.empty_like(first, dtype=xp.uint8)
+
+        def work(lo, hi):
+            xs, ys, args = x[lo:hi], y[lo:hi], arg[lo:hi]
+            ys[...] = self._slice(xs, 0, 0, oh, ow)
+            args[...] = 0
+            better = xp.empty_like(ys, dtype=xp.bool_)
+            code = xp.empty_like(ys, dtype=xp.uint8)
+            for k in range(1, z * z):
+                win = self._slice(xs, k // z, k % z, oh, ow)
+                xp.greater(win, ys, out=better)
+                # k only grows, so "arg = k where better" is a branch-free maximum.
+                xp.multiply(better.view(xp.uint8), xp.uint8(k), out=code)
+                xp.maximum(args, code, out=args)
+                xp.maximum(ys, win, out=ys)
+        parallel_for(N, work)        # memory-bound: split the batch over threads
+        self.cache = (arg, x.shape, _channels_last(x))
         return y
 
     def backward(self, dy):
         xp = backend.xp()
-        arg, x_shape = self.cache
+        arg, x_shape, last = self.cache
         z = self.kernel_size
         oh, ow = dy.shape[2:]
-        dx = xp.zeros(x_shape, dtype=dy.dtype)
-        for k in range(z * z):
-            self._slice(dx, k // z, k % z, oh, ow)[...] += dy * (arg == k)
+        dx = _empty4(x_shape, dy.dtype, last)
+
+        def work(lo, hi):
+            dxs, dys, args = dx[lo:hi], dy[lo:hi], arg[lo:hi]
+            dxs[...] = 0
+            hit = xp.empty_like(args, dtype=xp.bool_)
+            part = xp.empty_like(dys)
+            for k in range(z * z):
+                xp.equal(args, xp.uint8(k), out=hit)
+                xp.multiply(dys, hit, out=part)          # dy where offset k held the max
+                self._slice(dxs, k // z, k % z, oh, ow)[...] += part
+        parallel_for(dy.shape[0], work)
         self.cache = None
         return dx
 
