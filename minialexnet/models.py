@@ -66,10 +66,10 @@ PAPER_BIAS = {"conv2": 1.0, "conv4": 1.0, "conv5": 1.0, "fc6": 1.0, "fc7": 1.0}
 PAPER_NEURONS = {"input": 150528, "conv1": 253440, "conv2": 186624, "conv3": 64896,
                  "conv4": 64896, "conv5": 43264, "fc6": 4096, "fc7": 4096, "fc8": 1000}
 
-CONV1_NOTE = ("conv1: the paper states 253,440 neurons, but 96 maps of 55x55 (the only "
-              "output size an 11x11 stride-4 convolution of the paper's 224x224 input can "
-              "have, with 227x227 or 224+padding) are 290,400; 253,440 is inconsistent "
-              "with the paper's own shapes and cannot be reproduced")
+CONV1_NOTE = ("conv1: the paper states 253,440 neurons, but its 96 maps are 55x55 "
+              "(Figure 2; 227x227 input, or 224 with padding): 290,400 neurons.  253,440 "
+              "is 96 x 2,640, and 2,640 is no k x k, so the paper's number is inconsistent "
+              "with its own shapes and cannot be reproduced")
 
 
 class StateDictError(ValueError):
@@ -431,8 +431,8 @@ class SmallAlexNet(AlexNet):
         conv1  5x5, stride 1 (32 px) or 2 (64 px), pad 2   -> 32x32 maps (both sizes)
         pool1 -> 15, conv2 5x5 pad 2, pool2 -> 7, conv3-5 3x3 pad 1, pool5 -> 3
     widths (all towers) = round(width * (32, 64, 96, 96, 64)); fc6, fc7 = width * 512.
-    At width 1, 32 px, two towers: 693,226 parameters (with 10 classes), about
-    30 MFLOP forward per image.  Initialisation as the paper's (std 0.01, biases 1 in
+    At width 1 (32/64/96/96/64, fc 512), two towers, 10 classes: 715,978 parameters
+    and 29.8 MFLOP forward per image (the same at 64 px: conv1's stride 2 makes 32x32).  Initialisation as the paper's (std 0.01, biases 1 in
     conv2, conv4, conv5, fc6, fc7) unless ``init_std``/``init_bias`` say otherwise.
     """
 
@@ -730,6 +730,9 @@ class Summary:
         out += [fmt(r) for r in lines[:-1]] + ["-" * len(fmt(head)), fmt(lines[-1])]
         out.append(f"forward: {t['flops'] / 1e9:.3f} GFLOP per image (2 x multiply-adds "
                    "of conv and FC layers); training step about 3x that")
+        if self.model.towers > 1:
+            out.append("(grouped conv2, conv4, conv5 do half the work of one-tower ones: "
+                       "the paper's net is 1.45 GFLOP, its one-tower twin 2.27)")
         m = self.model
         if isinstance(m, AlexNet) and not isinstance(m, SmallAlexNet) and m.input_size == 227:
             out.append("note: " + CONV1_NOTE)
