@@ -175,9 +175,19 @@ class Conv2D(Layer):
         nb = max(1, min(N, self.chunk_bytes // max(1, per_image)))
         return N, C, H, W, kh, kw, s, p, oh, ow, nb
 
+    # How backward computes dx: "transposed" (stride 1 only), "col2im" or "auto".
+    # The transposed convolution copies KH*KW*C_out numbers per input pixel, col2im
+    # adds KH*KW*C_in scattered ones: "auto" takes the transposed one when C_out is
+    # not larger than C_in (conv4, conv5), col2im otherwise (measured: about equal).
+    dx_method = "auto"
+
     def _transposed_ok(self):
         (kh, kw), s, p = self.kernel_size, self.stride, self.padding
-        return self.needs_input_grad and s == 1 and p <= min(kh, kw) - 1
+        if not (self.needs_input_grad and s == 1 and p <= min(kh, kw) - 1):
+            return False
+        if self.dx_method == "auto":
+            return self.out_channels <= self.in_channels
+        return self.dx_method == "transposed"
 
     def _columns(self, x, n0, n1, plan, name="cols", pad_by=None):
         """Columns of images n0..n1 of ``x`` (channels last), in a reused buffer.
