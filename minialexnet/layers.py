@@ -81,6 +81,13 @@ def _min_rows(x, min_bytes=1 << 18):
     return max(1, min_bytes // row)
 
 
+def _blocks(x, lo, hi, nbytes=1 << 20):
+    """Slices of images lo..hi of about ``nbytes`` each (cache-sized): layers that
+    make several passes over their data do all passes on one block, then the next."""
+    per = max(1, nbytes // max(1, x[0].size * x.itemsize))
+    return [slice(i, min(hi, i + per)) for i in range(lo, hi, per)]
+
+
 def _normal(shape, std, dtype):
     """N(0, std^2) weights drawn from the backend's seeded generator (paper 5)."""
     return backend.rng().standard_normal(shape, dtype=dtype) * dtype(std)
@@ -403,12 +410,6 @@ class LocalResponseNorm(Layer):
             return xp.reciprocal(out, out=out)
         return xp.power(s, -s.dtype.type(self.beta), out=out)
 
-    @staticmethod
-    def _blocks(x, lo, hi):
-        """Slices of images lo..hi, each about a megabyte (cache-sized)."""
-        per = max(1, (1 << 20) // max(1, x[0].size * x.itemsize))
-        return [slice(i, min(hi, i + per)) for i in range(lo, hi, per)]
-
     def forward(self, x):
         self._expect_rank(x, 4, "(N, C, H, W)")
         xp = backend.xp()
@@ -417,7 +418,7 @@ class LocalResponseNorm(Layer):
         before, after = self.size // 2, (self.size - 1) // 2
 
         def work(lo, hi):
-            for b in self._blocks(x, lo, hi):
+            for b in _blocks(x, lo, hi):
                 xs, ss, ys = x[b], s[b], y[b]
                 sq = xp.multiply(xs, xs, out=ys)         # a^2, in y's space for now
                 self._window_sum(sq, ss, before, after)  # M @ a^2
@@ -437,7 +438,7 @@ class LocalResponseNorm(Layer):
         before, after = (self.size - 1) // 2, self.size // 2   # M.T: mirrored window
 
         def work(lo, hi):
-            for b in self._blocks(x, lo, hi):
+            for b in _blocks(x, lo, hi):
                 xs, ss, dys, dxs = x[b], s[b], dy[b], dx[b]
                 sp = self._pow(ss, out=xp.empty_like(xs))       # S^-beta
                 q = xp.multiply(dys, xs)
@@ -487,18 +488,20 @@ class MaxPool2D(Layer):
         arg = xp.empty_like(first, dtype=xp.uint8)
 
         def work(lo, hi):
-            xs, ys, args = x[lo:hi], y[lo:hi], arg[lo:hi]
-            ys[...] = self._slice(xs, 0, 0, oh, ow)
-            args[...] = 0
-            better = xp.empty_like(ys, dtype=xp.bool_)
-            code = xp.empty_like(ys, dtype=xp.uint8)
-            for k in range(1, z * z):
-                win = self._slice(xs, k // z, k % z, oh, ow)
-                xp.greater(win, ys, out=better)
-                # k only grows, so "arg = k where better" is a branch-free maximum.
-                xp.multiply(better.view(xp.uint8), xp.uint8(k), out=code)
-                xp.maximum(args, code, out=args)
-                xp.maximum(ys, win, out=ys)
+            # A few images at a time, so that the z*z passes below run in cache.
+            for b in _blocks(x, lo, hi):
+                xs, ys, args = x[b], y[b], arg[b]
+                ys[...] = self._slice(xs, 0, 0, oh, ow)
+                args[...] = 0
+                better = xp.empty_like(ys, dtype=xp.bool_)
+                code = xp.empty_like(ys, dtype=xp.uint8)
+                for k in range(1, z * z):
+                    win = self._slice(xs, k // z, k % z, oh, ow)
+                    xp.greater(win, ys, out=better)
+                    # k only grows, so "arg = k where better" is a branch-free maximum.
+                    xp.multiply(better.view(xp.uint8), xp.uint8(k), out=code)
+                    xp.maximum(args, code, out=args)
+                    xp.maximum(ys, win, out=ys)
         parallel_for(N, work)        # memory-bound: split the batch over threads
         self.cache = (arg, x.shape, _channels_last(x))
         return y
@@ -511,14 +514,15 @@ class MaxPool2D(Layer):
         dx = _empty4(x_shape, dy.dtype, last)
 
         def work(lo, hi):
-            dxs, dys, args = dx[lo:hi], dy[lo:hi], arg[lo:hi]
-            dxs[...] = 0
-            hit = xp.empty_like(args, dtype=xp.bool_)
-            part = xp.empty_like(dys)
-            for k in range(z * z):
-                xp.equal(args, xp.uint8(k), out=hit)
-                xp.multiply(dys, hit, out=part)          # dy where offset k held the max
-                self._slice(dxs, k // z, k % z, oh, ow)[...] += part
+            for b in _blocks(dx, lo, hi):
+                dxs, dys, args = dx[b], dy[b], arg[b]
+                dxs[...] = 0
+                hit = xp.empty_like(args, dtype=xp.bool_)
+                part = xp.empty_like(dys)
+                for k in range(z * z):
+                    xp.equal(args, xp.uint8(k), out=hit)
+                    xp.multiply(dys, hit, out=part)      # dy where offset k held the max
+                    self._slice(dxs, k // z, k % z, oh, ow)[...] += part
         parallel_for(dy.shape[0], work)
         self.cache = None
         return dx
@@ -584,13 +588,22 @@ class Linear(Layer):
             raise ShapeError(f"{self.name}: expected {self.in_features} input features, "
                              f"got {x.shape[1]}")
         self.x = x
-        return x @ self.params["W"].T + self.params["b"]
+        y = x @ self.params["W"].T               # BLAS reads W.T in place (no copy)
+        y += self.params["b"]
+        return y
 
     def backward(self, dy):
-        self.grads["W"] = dy.T @ self.x
+        xp = backend.xp()
+        W = self.params["W"]
+        g = self.grads.get("W")
+        if g is None or g.shape != W.shape or g.dtype != W.dtype:
+            g = xp.empty(W.shape, dtype=W.dtype)
+        # fc6's gradient is 150 MB: writing into last step's array avoids
+        # page-faulting a fresh one in on every step.
+        self.grads["W"] = xp.matmul(dy.T, self.x, out=g)
         self.grads["b"] = dy.sum(axis=0)
         self.x = None
-        return dy @ self.params["W"]
+        return dy @ W
 
 
 class Flatten(Layer):
