@@ -16,7 +16,8 @@ arguments of its class, overriding its defaults):
     "torchvision-alexnet"   NOT the paper's net: torchvision's variant, 64/192/384/256/256,
                             no LRN, dropout before fc6/fc7, 224 px, 61,100,840 parameters
     "small-alexnet"         the paper's topology for 32x32 (CIFAR-10) or 64x64 input:
-                            kwargs input_size=32|64, width=1.0 (scales every layer)
+                            kwargs input_size=32|64 (or crops, e.g. 24, 28), width=1.0
+                            (scales every layer)
     "fournet"               Figure 1 / 3.3's four-layer CIFAR-10 net: kwargs
                             activation="relu"|"tanh", lrn=True|False, pool="3/2"|"2/2"
 
@@ -46,9 +47,12 @@ fc6..fc8 (fournet: conv1..conv3, fc4); nonlinearities relu<k> (or tanh<k>), norm
 exchange7, gather8.
 
 Initialisation (paper 5): weights N(0, 0.01^2); biases 1 in conv2, conv4, conv5, fc6 and
-fc7, 0 elsewhere.  ``init_std`` (a float, or {layer: std}) and ``init_bias`` ({layer:
-value}; unnamed layers get 0) change it; the small models keep the paper's values unless
-told otherwise (fournet: all biases 0, as it has no conv2/4/5-style ReLU layers to warm).
+fc7, 0 elsewhere.  ``init_std`` (a float, {layer: std}, or "he" for sqrt(2 / fan_in), He
+et al. 2015, not the paper's) and ``init_bias`` ({layer: value}; unnamed layers get 0)
+change it.  Every model keeps the paper's std 0.01 unless told otherwise (fournet: all
+biases 0, as the paper's bias rule names AlexNet's layers).  Small nets on weakly
+structured data can sit on a plateau for a while at std 0.01 (so do PyTorch's, with the
+same init: this is the init, not the code); choose the init per experiment.
 """
 
 from . import backend
@@ -99,8 +103,10 @@ class _Builder:
         self.dtype, self.init_std, self.init_bias = dtype, init_std, init_bias
         self.steps = []
 
-    def std(self, name):
+    def std(self, name, spec):
         s = self.init_std
+        if s == "he":            # He et al. 2015, not the paper: sqrt(2 / fan_in)
+            return (2.0 / (spec["cin"] * spec.get("k", 1) ** 2)) ** 0.5
         return float(s.get(name, 0.01) if isinstance(s, dict) else s)
 
     def bias(self, name):
@@ -110,10 +116,10 @@ class _Builder:
         kind, a = spec["kind"], spec
         if kind == "conv":
             return lambda: Conv2D(a["cin"], a["cout"], a["k"], stride=a["s"], padding=a["p"],
-                                  weight_std=self.std(name), bias=self.bias(name),
+                                  weight_std=self.std(name, a), bias=self.bias(name),
                                   dtype=self.dtype)
         if kind == "linear":
-            return lambda: Linear(a["cin"], a["cout"], weight_std=self.std(name),
+            return lambda: Linear(a["cin"], a["cout"], weight_std=self.std(name, a),
                                   bias=self.bias(name), dtype=self.dtype)
         if kind == "relu":
             return ReLU
@@ -311,6 +317,8 @@ class Network:
         return Summary(self)
 
     def __repr__(self):
+        if not hasattr(self, "config"):
+            return f"<{type(self).__name__} (under construction)>"
         return f"<{self.arch}: {self.num_params():,} parameters>"
 
 
@@ -430,6 +438,8 @@ class SmallAlexNet(AlexNet):
     pooling, dropout on fc6 and fc7; what changes is size:
         conv1  5x5, stride 1 (32 px) or 2 (64 px), pad 2   -> 32x32 maps (both sizes)
         pool1 -> 15, conv2 5x5 pad 2, pool2 -> 7, conv3-5 3x3 pad 1, pool5 -> 3
+    Other input sizes (e.g. 24 or 28 px random crops of CIFAR-10) work too: conv1 has
+    stride 1 below 48 px and stride 2 from 48 px up; fc6 follows pool5's size.
     widths (all towers) = round(width * (32, 64, 96, 96, 64)); fc6, fc7 = width * 512.
     At width 1 (32/64/96/96/64, fc 512), two towers, 10 classes: 715,978 parameters
     and 29.8 MFLOP forward per image (the same at 64 px: conv1's stride 2 makes 32x32).  Initialisation as the paper's (std 0.01, biases 1 in
@@ -442,12 +452,9 @@ class SmallAlexNet(AlexNet):
     def __init__(self, num_classes=10, input_size=32, width=1.0, towers=2, devices=None,
                  widths=None, fc=None, lrn=True, dropout=0.5, inverted_dropout=False,
                  init_std=0.01, init_bias=None, dtype=None):
-        if input_size == 32:
-            self.conv1_shape = (5, 1, 2)
-        elif input_size == 64:
-            self.conv1_shape = (5, 2, 2)
-        else:
-            raise ValueError(f"small-alexnet: input_size must be 32 or 64, not {input_size}")
+        if input_size < 15:
+            raise ValueError(f"small-alexnet: input_size must be at least 15, not {input_size}")
+        self.conv1_shape = (5, 1, 2) if input_size < 48 else (5, 2, 2)
 
         def scaled(base):
             return [max(towers, int(round(width * w / towers)) * towers) for w in base]
@@ -632,6 +639,10 @@ def _numel(shape):
     return n
 
 
+def _is_paper_size(m):
+    return isinstance(m, AlexNet) and not isinstance(m, SmallAlexNet) and m.input_size == 227
+
+
 class Summary:
     """A model's per-layer account.
 
@@ -730,11 +741,10 @@ class Summary:
         out += [fmt(r) for r in lines[:-1]] + ["-" * len(fmt(head)), fmt(lines[-1])]
         out.append(f"forward: {t['flops'] / 1e9:.3f} GFLOP per image (2 x multiply-adds "
                    "of conv and FC layers); training step about 3x that")
-        if self.model.towers > 1:
+        if self.model.towers > 1 and _is_paper_size(self.model):
             out.append("(grouped conv2, conv4, conv5 do half the work of one-tower ones: "
                        "the paper's net is 1.45 GFLOP, its one-tower twin 2.27)")
-        m = self.model
-        if isinstance(m, AlexNet) and not isinstance(m, SmallAlexNet) and m.input_size == 227:
+        if _is_paper_size(self.model):
             out.append("note: " + CONV1_NOTE)
         return "\n".join(out)
 

@@ -135,6 +135,8 @@ def test_initialisation_is_configurable():
     assert abs(float(p["conv3.tower0.W"].std()) - 0.01) < 2e-3
     assert np.all(p["fc8.b"] == 0.25) and np.all(p["conv2.tower0.b"] == 0)
     assert m.config["init_bias"] == {"fc8": 0.25}
+    he = build_model("fournet", init_std="he")                 # not the paper's: opt-in
+    assert abs(float(he.params()["conv2.W"].std()) - (2 / 800) ** 0.5) < 5e-3
 
 
 # ---------------------------------------------------------------- the full net runs
@@ -197,8 +199,10 @@ def test_every_model_name_builds_and_runs():
                            "small-alexnet", "fournet"}
     with pytest.raises(ValueError, match="unknown model"):
         build_model("vgg")
+    m = build_model("small-alexnet", input_size=28, width=0.25)     # random crops
+    assert m.forward(np.zeros((1, 3, 28, 28), np.float32)).shape == (1, 10)
     with pytest.raises(ValueError, match="input_size"):
-        build_model("small-alexnet", input_size=48)
+        build_model("small-alexnet", input_size=8)
 
 
 def test_fournet_switches():
