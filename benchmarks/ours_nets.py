@@ -46,7 +46,7 @@ class Step:
             backend.synchronize()
             return
         self.loss.forward(logits, self.y)
-        self.model.backward(self.loss.backward())
+        self.model.backward(self.loss.backward(), input_grad=False)
         self.opt.step()
         backend.synchronize()
 

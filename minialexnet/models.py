@@ -200,12 +200,26 @@ class Network:
 
     __call__ = forward
 
-    def backward(self, dlogits):
-        """dL/dlogits -> dL/dimage; fills every layer's gradients (see ``grads()``)."""
+    def backward(self, dlogits, input_grad=True):
+        """dL/dlogits -> dL/dimage; fills every layer's gradients (see ``grads()``).
+
+        ``input_grad=False`` returns None instead of dL/dimage: training never needs
+        it, and it is conv1's costliest backward pass (PyTorch skips it too).
+        """
+        for layer in self._input_layers():
+            layer.needs_input_grad = input_grad
         dy = dlogits
         for step in reversed(self.steps):
             dy = step.backward(dy)
         return dy
+
+    def _input_layers(self):
+        """The convolutions that see the image (after the broadcast to the towers)."""
+        for step in self.steps:
+            layers = [layer for _, layer, _ in step.named_layers()]
+            if layers:
+                return [l for l in layers if hasattr(l, "needs_input_grad")]
+        return []
 
     def train(self, mode=True):
         self.training = mode

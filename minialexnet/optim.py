@@ -24,6 +24,7 @@ resumed run continues bit-identically.
 """
 
 from . import backend
+from .parallel import parallel_for
 
 __all__ = ["SGD", "ReduceLROnPlateau", "StepLR"]
 
@@ -102,17 +103,24 @@ class SGD:
         wf, gf, vf = w.reshape(-1), g.reshape(-1), v.reshape(-1)
         n = wf.size
         block = n if not self.block else min(self.block, n)
-        scratch = self._scratch_for(w, block)
-        for start in range(0, n, block):
-            end = min(start + block, n)
-            wb, gb, vb, sb = wf[start:end], gf[start:end], vf[start:end], scratch[:end - start]
-            vb *= mom                          # v <- 0.9 v
-            if decay:
-                xp.multiply(wb, lr_decay, out=sb)
-                vb -= sb                       #      - 0.0005 lr w
-            xp.multiply(gb, lr, out=sb)
-            vb -= sb                           #      - lr g
-            wb += vb                           # w <- w + v
+        nblocks = -(-n // block)
+
+        def work(lo, hi):
+            # Blocks lo..hi; each thread has its own scratch block.
+            sb_all = self._scratch_for(w, block) if lo == 0 else xp.empty(block, dtype=w.dtype)
+            for i in range(lo, hi):
+                start, end = i * block, min(i * block + block, n)
+                wb, gb, vb = wf[start:end], gf[start:end], vf[start:end]
+                sb = sb_all[:end - start]
+                vb *= mom                          # v <- 0.9 v
+                if decay:
+                    xp.multiply(wb, lr_decay, out=sb)
+                    vb -= sb                       #      - 0.0005 lr w
+                xp.multiply(gb, lr, out=sb)
+                vb -= sb                           #      - lr g
+                wb += vb                           # w <- w + v
+        # Memory-bound: on NumPy the blocks are shared out over threads (parallel.py).
+        parallel_for(nblocks, work, min_per_thread=8)
 
     def zero_velocity(self):
         for v in self.velocity.values():

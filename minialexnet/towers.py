@@ -172,6 +172,8 @@ class Broadcast(Step):
         return [transfer(x, d) for d in self.devices]
 
     def backward(self, dxs):
+        if any(g is None for g in dxs):   # the layers below skipped dx (the image's)
+            return None
         home = self.devices[0]
         with backend.device(home):
             dx = dxs[0]
