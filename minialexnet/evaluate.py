@@ -1,0 +1,58 @@
+"""``python -m minialexnet.evaluate CHECKPOINT``: top-1 and top-5 error of a trained
+model, with the centre crop and with the paper's ten-crop test (section 4.1: four
+corners and the centre, and their reflections; the ten softmax outputs averaged).
+
+The checkpoint carries its own configuration (model, dataset, crop, mean image), so
+only the checkpoint is needed; ``--dataset``/``--data-dir``/``--n`` override the data.
+"""
+
+import argparse
+import sys
+
+from . import backend, data
+from .checkpoint import CheckpointError
+from .layers import ShapeError
+from .predict import load_model
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m minialexnet.evaluate",
+                                description="Top-1/top-5 error, centre crop and ten-crop.")
+    p.add_argument("checkpoint")
+    p.add_argument("--dataset", default=None, help="default: the dataset the model was trained on")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--split", default="test", help="test/val (default) or train")
+    p.add_argument("--n", type=int, default=None, help="evaluate on a random subset of n images")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
+    p.add_argument("--device", type=int, default=0)
+    p.add_argument("--no-ten-crop", action="store_true", help="centre crop only (faster)")
+    a = p.parse_args(argv)
+    from .train import evaluate
+    try:
+        backend.use(a.backend, devices=[a.device])
+        model, meta, mean = load_model(a.checkpoint, device=a.device)
+        cfg = meta["config"]
+        name = a.dataset or cfg["dataset"]
+        ds = data.load_dataset(name, data_dir=a.data_dir or cfg["data_dir"], split=a.split,
+                               size=cfg["image_size"], n=a.n)
+        if ds.num_classes != len(meta["class_names"]):
+            raise data.DataError(f"{name} has {ds.num_classes} classes, the model "
+                                 f"{len(meta['class_names'])}")
+        print(f"{a.checkpoint}: {cfg['model']} after {meta['epoch']} epochs; "
+              f"{len(ds)} {name} {ds.split} images")
+        rows = [("centre crop", evaluate(model, ds, cfg["crop"], mean, a.batch_size,
+                                         device=a.device))]
+        if not a.no_ten_crop:
+            rows.append(("ten-crop", evaluate(model, ds, cfg["crop"], mean, a.batch_size,
+                                              ten_crop=True, device=a.device)))
+    except (data.DataError, CheckpointError, backend.BackendError, ShapeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for label, r in rows:
+        print(f"{label:12s}  top-1 error {100 * r['top1']:5.2f} %   top-5 error {100 * r['top5']:5.2f} %")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

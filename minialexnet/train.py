@@ -1,0 +1,477 @@
+"""Training, the paper's way (section 5), as a tool that never loses a run.
+
+    python -m minialexnet.train                       # built-in dataset, small AlexNet, CPU
+    python -m minialexnet.train --dataset cifar10 --data-dir ../shared/data --epochs 30
+    python -m minialexnet.train --backend cupy --devices 0,1 --dataset imagenette --model alexnet
+
+One step: a batch of augmented crops (made in background threads, section 4.1) goes
+forward through the net to the softmax cross-entropy; backward fills every
+gradient; SGD with momentum 0.9 and weight decay 0.0005 updates the weights.  After
+each epoch the held-out split is evaluated (centre crop) and the learning rate is
+divided by 10 when the validation error stops improving.
+
+Never lose a run: checkpoints (weights, optimiser, schedule, RNG and loader state,
+config) are written atomically at the end of every epoch, every
+``--checkpoint-every`` steps and on Ctrl-C; ``--resume`` continues bit-identically.
+A NaN or infinite loss stops the run with one line and keeps the last good
+checkpoint.  Bad input (missing data, a checkpoint of another model, a GPU that is
+not there) gets one line, not a traceback.
+
+The same ``Trainer`` drives the chapters' experiments in Python.
+"""
+
+import argparse
+import csv
+import json
+import math
+import os
+import signal
+import sys
+import time
+
+from . import backend, data
+from .backend import np
+from .checkpoint import (CheckpointError, check_compatible, generator_state, load_checkpoint,
+                         save_checkpoint, set_generator_state)
+from .layers import ShapeError, SoftmaxCrossEntropy
+from .metrics import ErrorMeter
+from .models import build_model
+from .optim import SGD, ReduceLROnPlateau, StepLR
+
+__all__ = ["Trainer", "TrainingDiverged", "evaluate", "predict_batches", "default_config",
+           "prepare_data", "main"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+# ---------------------------------------------------------------- configuration
+# Per dataset: image side as stored and the random-crop side fed to the net.
+# 28 of 32 and 56 of 64 mirror the paper's 227 of 256 (section 4.1).
+DATASET_SIZES = {"synthetic": (32, 28), "cifar10": (32, 28), "imagenette": (256, 227),
+                 "imagenet-folder": (256, 227)}
+
+
+def default_config(**overrides):
+    """The main job's configuration: every knob with the paper's value where it has one."""
+    cfg = dict(
+        dataset="synthetic", data_dir=None, n_train=None, n_val=None,
+        image_size=None, crop=None, pca=False, flip=True,
+        model="small-alexnet", model_kwargs={}, towers=2,
+        epochs=4, batch_size=128, lr=0.01, momentum=0.9, weight_decay=0.0005,
+        schedule="plateau", patience=2, max_reductions=3, step_epochs=30,
+        seed=0, backend="numpy", devices=None, out="runs/latest", resume=False,
+        max_steps=None, checkpoint_every=200, workers=2, progress=True,
+    )
+    unknown = set(overrides) - set(cfg)
+    if unknown:
+        raise ValueError(f"unknown config keys: {sorted(unknown)}")
+    cfg.update(overrides)
+    size, crop = DATASET_SIZES[cfg["dataset"]]
+    cfg["image_size"] = cfg["image_size"] or size
+    cfg["crop"] = cfg["crop"] or crop
+    return cfg
+
+
+def prepare_data(cfg):
+    """Load both splits, the mean image (section 2) and, if asked, the PCA of the
+    training pixels (section 4.1).  Returns (train Dataset, val Dataset, mean, pca)."""
+    name, size = cfg["dataset"], cfg["image_size"]
+    kw = dict(data_dir=cfg["data_dir"], size=size, seed=cfg["seed"],
+              progress_bar=cfg["progress"])
+    train = data.load_dataset(name, split="train", n=cfg["n_train"], **kw)
+    val = data.load_dataset(name, split="test", n=cfg["n_val"], **kw)
+    mean = data.mean_image(train.x, data.stats_file(train, "mean"), progress_bar=cfg["progress"])
+    pca = data.pca_fit(train.x, cache_file=data.stats_file(train, "pca")) if cfg["pca"] else None
+    return train, val, mean.astype(np.float32), pca
+
+
+# ---------------------------------------------------------------- evaluation
+def predict_batches(model, x_uint8, transform, batch_size=256, device=0):
+    """Logits (host float32, (N, K)) of ``model`` in eval mode for uint8 NHWC images."""
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for i in range(0, len(x_uint8), batch_size):
+            xb = backend.to_device(backend.xp().asarray(transform(x_uint8[i:i + batch_size])), device)
+            out.append(backend.to_numpy(model.forward(xb)))
+    finally:
+        model.train(was_training)
+    return np.concatenate(out).astype(np.float32)
+
+
+def evaluate(model, dataset, crop, mean=None, batch_size=256, ten_crop=False, device=0):
+    """Top-1 and top-5 error on ``dataset``: the centre crop, or the paper's ten-crop
+    test (four corners, centre and their mirror images, softmax averaged; 4.1)."""
+    if ten_crop:
+        was_training = model.training
+        model.eval()
+        try:
+            def predict(x):
+                return np.concatenate([backend.to_numpy(model.forward(
+                    backend.to_device(backend.xp().asarray(x[i:i + batch_size]), device)))
+                    for i in range(0, len(x), batch_size)])
+            scores = np.concatenate([
+                data.ten_crop_predict(predict, dataset.x[i:i + 1024], crop, mean)
+                for i in range(0, len(dataset), 1024)])
+        finally:
+            model.train(was_training)
+    else:
+        scores = predict_batches(model, dataset.x, data.EvalTransform(crop, mean), batch_size, device)
+    meter = ErrorMeter()
+    meter.update(scores, dataset.y)
+    e = meter.errors()
+    return {"top1": e[1], "top5": e[5]}
+
+
+# ---------------------------------------------------------------- the trainer
+class Trainer:
+    """Runs epochs of SGD on a model and keeps everything needed to resume.
+
+    model: a minialexnet model; train / val: ``data.Dataset`` (uint8 NHWC images);
+    mean: the (H, W, 3) mean image; cfg: ``default_config(...)``.
+    ``history`` is a list of per-epoch dicts (loss, errors, lr, seconds, images/s).
+    """
+
+    def __init__(self, model, train, val, mean, cfg, pca=None, log=print):
+        self.model, self.train_set, self.val_set, self.mean, self.cfg = model, train, val, mean, cfg
+        self.log = log
+        self.device = int((cfg["devices"] or [0])[0])
+        self.criterion = SoftmaxCrossEntropy()
+        self.optimizer = SGD(model.params(), lr=cfg["lr"], momentum=cfg["momentum"],
+                             weight_decay=cfg["weight_decay"])
+        self.schedule = make_schedule(cfg, self.optimizer)
+        self.loader = data.Loader(
+            train.x, train.y, cfg["batch_size"],
+            data.TrainTransform(cfg["crop"], mean, flip=cfg["flip"], pca=pca),
+            seed=cfg["seed"], shuffle=True, drop_last=True, workers=cfg["workers"])
+        self.epoch, self.step, self.history = 0, 0, []
+        self.last_good_checkpoint = None
+        self._epoch_stats = self._fresh_stats()
+
+    @staticmethod
+    def _fresh_stats():
+        return {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "wait": 0.0}
+
+    # ------------------------------------------------------------ one step
+    def train_step(self, x, y):
+        """Forward, backward and the SGD update for one batch; returns (loss, logits)."""
+        x = backend.to_device(backend.xp().asarray(x), self.device)
+        y = backend.to_device(backend.xp().asarray(y), self.device)
+        logits = self.model.forward(x)
+        loss = self.criterion.forward(logits, y)
+        self.model.backward(self.criterion.backward())
+        self.optimizer.step(self.model.grads())
+        return loss, logits
+
+    # ------------------------------------------------------------ epochs
+    def run(self, epochs=None, max_steps=None, on_epoch=None):
+        """Train until ``epochs`` epochs (or ``max_steps`` optimiser steps) are done.
+
+        Returns the history.  Raises TrainingDiverged on a NaN/inf loss (the last
+        good checkpoint stays on disk) and saves a checkpoint on KeyboardInterrupt
+        before re-raising it.
+        """
+        epochs = self.cfg["epochs"] if epochs is None else epochs
+        max_steps = self.cfg["max_steps"] if max_steps is None else max_steps
+        try:
+            while self.epoch < epochs and not (max_steps and self.step >= max_steps):
+                finished = self._run_epoch(max_steps)
+                if finished:
+                    row = self._end_epoch()
+                    if on_epoch:
+                        on_epoch(row)
+        except KeyboardInterrupt:
+            path = self.save("interrupted")
+            self.log(f"interrupted at epoch {self.epoch + 1}, step {self.step}: "
+                     f"checkpoint saved to {path} (resume with --resume)")
+            raise
+        if max_steps and self.step >= max_steps and self.cfg["out"]:
+            self.save("max-steps")
+        return self.history
+
+    def _progress(self, total, initial):
+        if not self.cfg["progress"]:
+            return None
+        from tqdm.auto import tqdm
+        return tqdm(total=total, initial=initial, unit="batch", leave=False,
+                    desc=f"epoch {self.epoch + 1}/{self.cfg['epochs']}", dynamic_ncols=True)
+
+    def _run_epoch(self, max_steps):
+        """Steps through the rest of the current epoch; True if it reached its end."""
+        self.model.train()
+        loader, st = self.loader, self._epoch_stats
+        bar = self._progress(len(loader), loader.position)
+        waited, t_last = loader.wait_time, time.perf_counter()
+        try:
+            for x, y in loader:
+                loss, logits = self.train_step(x, y)
+                loss = float(loss)   # one sync per step: we must look at the loss anyway
+                self.step += 1
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"loss became {loss} at step {self.step} (epoch {self.epoch + 1}): "
+                        f"try a lower learning rate than --lr {self.optimizer.lr:g}"
+                        + (f"; the last good checkpoint is {self.last_good_checkpoint}"
+                           if self.last_good_checkpoint else ""))
+                now = time.perf_counter()
+                st["seconds"] += now - t_last
+                st["wait"] += loader.wait_time - waited
+                t_last, waited = now, loader.wait_time
+                st["loss_sum"] += loss * len(y)
+                st["correct"] += int((backend.to_numpy(logits).argmax(1) == y).sum())
+                st["seen"] += len(y)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{st['loss_sum'] / st['seen']:.3f}",
+                                    err=f"{1 - st['correct'] / st['seen']:.3f}",
+                                    img_s=f"{st['seen'] / max(st['seconds'], 1e-9):.0f}")
+                every = self.cfg["checkpoint_every"]
+                if every and self.cfg["out"] and self.step % every == 0:
+                    self.save("periodic")
+                if max_steps and self.step >= max_steps:
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        if loader.position == len(loader):       # stopped exactly at the epoch's end
+            loader.load_state_dict(loader.state_dict())   # -> next epoch, position 0
+        return loader.position == 0
+
+    def _end_epoch(self):
+        st = self._epoch_stats
+        t0 = time.perf_counter()
+        val = evaluate(self.model, self.val_set, self.cfg["crop"], self.mean, device=self.device)
+        row = {
+            "epoch": self.epoch + 1, "step": self.step, "lr": self.optimizer.lr,
+            "train_loss": st["loss_sum"] / max(st["seen"], 1),
+            "train_error": 1 - st["correct"] / max(st["seen"], 1),
+            "val_top1": val["top1"], "val_top5": val["top5"],
+            "seconds": st["seconds"], "eval_seconds": time.perf_counter() - t0,
+            "images_per_s": st["seen"] / max(st["seconds"], 1e-9),
+            "data_wait_s": st["wait"],
+        }
+        self.history.append(row)
+        self.epoch += 1
+        if isinstance(self.schedule, ReduceLROnPlateau):
+            self.schedule.step(row["val_top1"])
+        elif self.schedule is not None:
+            self.schedule.step()
+        self._epoch_stats = self._fresh_stats()
+        self.log(f"epoch {row['epoch']}: loss {row['train_loss']:.4f}  train err "
+                 f"{row['train_error']:.3f}  val top-1 {row['val_top1']:.3f} top-5 "
+                 f"{row['val_top5']:.3f}  lr {row['lr']:g}  {row['images_per_s']:.0f} img/s  "
+                 f"waited {row['data_wait_s']:.1f} s for data")
+        if self.cfg["out"]:
+            self._write_metrics()
+            self.save("epoch")
+        return row
+
+    # ------------------------------------------------------------ files
+    def _path(self, name):
+        os.makedirs(self.cfg["out"], exist_ok=True)
+        return os.path.join(self.cfg["out"], name)
+
+    def _write_metrics(self):
+        keys = list(self.history[0])
+        with open(self._path("metrics.jsonl"), "w") as f:
+            for row in self.history:
+                f.write(json.dumps(row) + "\n")
+        with open(self._path("metrics.csv"), "w", newline="") as f:
+            w = csv.DictWriter(f, keys)
+            w.writeheader()
+            w.writerows(self.history)
+        try:
+            from .viz import plot_history
+            plot_history(self.history, self._path("curves.png"))
+        except ImportError:  # matplotlib missing: metrics are still written
+            pass
+
+    def state(self):
+        """(arrays, meta) of everything that defines the run right now."""
+        arrays = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        optim_state = self.optimizer.state_dict()
+        arrays.update({f"optim.{k}": v for k, v in optim_state.pop("velocity").items()})
+        arrays["data.mean"] = self.mean
+        loader_state = self.loader.state_dict()
+        meta = {
+            "config": self.cfg, "model_config": self.model.config,
+            "class_names": list(self.train_set.class_names),
+            "epoch": self.epoch, "step": self.step, "history": self.history,
+            "optimizer": optim_state,
+            "schedule": self.schedule.state_dict() if self.schedule else None,
+            "loader": loader_state,
+            "epoch_stats": self._epoch_stats,
+            "rng": generator_state(backend.rng()) if backend.current().name == "numpy" else None,
+        }
+        return arrays, meta
+
+    def save(self, why="epoch"):
+        path = self._path("checkpoint.npz")
+        arrays, meta = self.state()
+        meta["saved_because"] = why
+        save_checkpoint(path, arrays, meta)
+        self.last_good_checkpoint = path
+        return path
+
+    def load(self, path):
+        """Restore a checkpoint written by ``save`` (same architecture)."""
+        arrays, meta = load_checkpoint(path)
+        model_arrays = {k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")}
+        check_compatible(model_arrays, {k: v.shape for k, v in self.model.state_dict().items()},
+                         path, saved_arch=describe(meta.get("model_config")),
+                         model_arch=describe(self.model.config))
+        self.model.load_state_dict(model_arrays)
+        optim_arrays = {k[len("optim."):]: v for k, v in arrays.items() if k.startswith("optim.")}
+        self.optimizer.load_state_dict({**meta["optimizer"], "velocity": optim_arrays})
+        if self.schedule:
+            self.schedule.load_state_dict(meta["schedule"])
+        self.loader.load_state_dict(meta["loader"])
+        self.epoch, self.step, self.history = meta["epoch"], meta["step"], meta["history"]
+        self._epoch_stats = meta.get("epoch_stats") or self._fresh_stats()
+        if meta.get("rng") and backend.current().name == "numpy":
+            set_generator_state(backend.rng(), meta["rng"])
+        self.last_good_checkpoint = path
+        return meta
+
+
+def make_schedule(cfg, optimizer):
+    """The learning-rate schedule of section 5: "plateau" divides by 10 when the
+    validation error stops improving (at most ``max_reductions`` times; the paper
+    reduced three times); "step" divides by 10 every ``step_epochs``; "none" keeps it."""
+    if cfg["schedule"] == "plateau":
+        return ReduceLROnPlateau(optimizer, patience=cfg["patience"],
+                                 max_reductions=cfg["max_reductions"])
+    if cfg["schedule"] == "step":
+        every = cfg["step_epochs"]
+        return StepLR(optimizer, milestones=range(every, max(cfg["epochs"], every) + 1, every))
+    if cfg["schedule"] == "none":
+        return None
+    raise ValueError(f"unknown schedule {cfg['schedule']!r}: plateau, step or none")
+
+
+def describe(model_config):
+    """A short human name for a model config, for error messages."""
+    if not model_config:
+        return "unknown"
+    name = model_config.get("name", "?")
+    rest = ", ".join(f"{k}={v}" for k, v in model_config.items() if k != "name")
+    return f"{name}({rest})"
+
+
+# ---------------------------------------------------------------- command line
+def parse_args(argv=None):
+    d = default_config()
+    p = argparse.ArgumentParser(
+        prog="python -m minialexnet.train",
+        description="Train AlexNet or its small-input family the paper's way (section 5).")
+    p.add_argument("--backend", choices=["numpy", "cupy"], default=d["backend"])
+    p.add_argument("--devices", default=None,
+                   help="device per tower, e.g. 0,1 (two GPUs) or 0,0 (both towers on one)")
+    p.add_argument("--dataset", choices=list(DATASET_SIZES), default=d["dataset"])
+    p.add_argument("--data-dir", default=None, help="default: $MINIALEXNET_DATA or ./data")
+    p.add_argument("--model", default=d["model"],
+                   help="alexnet, alexnet-1tower, alexnet-half, torchvision-alexnet, "
+                        "small-alexnet, fournet (default: %(default)s)")
+    p.add_argument("--model-kwargs", default="{}", help='JSON, e.g. \'{"width": 2}\'')
+    p.add_argument("--epochs", type=int, default=d["epochs"])
+    p.add_argument("--batch-size", type=int, default=d["batch_size"], help="paper: 128")
+    p.add_argument("--lr", type=float, default=d["lr"], help="paper: 0.01")
+    p.add_argument("--momentum", type=float, default=d["momentum"], help="paper: 0.9")
+    p.add_argument("--weight-decay", type=float, default=d["weight_decay"], help="paper: 0.0005")
+    p.add_argument("--schedule", choices=["plateau", "step", "none"], default=d["schedule"],
+                   help="plateau: lr/10 when val error stops improving (paper); step: every --step-epochs")
+    p.add_argument("--patience", type=int, default=d["patience"])
+    p.add_argument("--step-epochs", type=int, default=d["step_epochs"])
+    p.add_argument("--pca", action="store_true", help="PCA colour augmentation (section 4.1)")
+    p.add_argument("--no-flip", action="store_true", help="no horizontal reflections")
+    p.add_argument("--n-train", type=int, default=None, help="use a subset of the training set")
+    p.add_argument("--n-val", type=int, default=None)
+    p.add_argument("--seed", type=int, default=d["seed"])
+    p.add_argument("--out", default=d["out"], help="run directory: checkpoint, metrics, curves")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    p.add_argument("--checkpoint-every", type=int, default=d["checkpoint_every"])
+    p.add_argument("--workers", type=int, default=d["workers"], help="data threads")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        devices = [int(s) for s in a.devices.split(",")] if a.devices else None
+    except ValueError:
+        p.error(f"--devices must be comma-separated integers like 0,1, got {a.devices!r}")
+    try:
+        model_kwargs = json.loads(a.model_kwargs)
+    except json.JSONDecodeError as e:
+        p.error(f"--model-kwargs is not JSON: {e}")
+    return default_config(
+        dataset=a.dataset, data_dir=a.data_dir, n_train=a.n_train, n_val=a.n_val,
+        pca=a.pca, flip=not a.no_flip, model=a.model, model_kwargs=model_kwargs,
+        epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, momentum=a.momentum,
+        weight_decay=a.weight_decay, schedule=a.schedule, patience=a.patience,
+        step_epochs=a.step_epochs, seed=a.seed, backend=a.backend, devices=devices,
+        out=a.out, resume=a.resume, max_steps=a.max_steps,
+        checkpoint_every=a.checkpoint_every, workers=a.workers, progress=not a.no_progress)
+
+
+def make_model(cfg, num_classes):
+    kwargs = dict(cfg["model_kwargs"])
+    kwargs.setdefault("num_classes", num_classes)
+    kwargs.setdefault("input_size", cfg["crop"])
+    if cfg["devices"] is not None:
+        kwargs.setdefault("devices", tuple(cfg["devices"]))
+    return build_model(cfg["model"], **kwargs)
+
+
+def run(cfg, log=print):
+    """Everything the command does; returns the Trainer (tests call this directly)."""
+    backend.use(cfg["backend"], seed=cfg["seed"], devices=cfg["devices"])
+    ckpt = os.path.join(cfg["out"], "checkpoint.npz") if cfg["out"] else None
+    if cfg["resume"]:
+        if not ckpt or not os.path.exists(ckpt):
+            raise CheckpointError(f"{ckpt}: nothing to resume (no checkpoint in --out {cfg['out']})")
+        saved = load_checkpoint(ckpt)[1]["config"]
+        # The saved run defines the data and model; this call may extend epochs/steps.
+        keep = {k: cfg[k] for k in ("epochs", "max_steps", "resume", "progress", "workers")}
+        cfg = {**saved, **keep}
+        backend.use(cfg["backend"], seed=cfg["seed"], devices=cfg["devices"])
+    train, val, mean, pca = prepare_data(cfg)
+    model = make_model(cfg, train.num_classes)
+    trainer = Trainer(model, train, val, mean, cfg, pca=pca, log=log)
+    if cfg["resume"]:
+        trainer.load(ckpt)
+        log(f"resumed {ckpt} at epoch {trainer.epoch}, step {trainer.step}")
+    log(f"{cfg['model']} on {train!r}; validating on {len(val)} images; backend "
+        f"{cfg['backend']}, devices {cfg['devices'] or [0]}; run directory {cfg['out']}")
+    trainer.run()
+    return trainer
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv=None):
+    cfg = parse_args(argv)
+    # A SIGTERM (a job scheduler stopping us) is treated like Ctrl-C: save, then exit.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        trainer = run(cfg)
+    except KeyboardInterrupt:
+        return 130
+    except TrainingDiverged as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return 1
+    except (data.DataError, CheckpointError, backend.BackendError, ShapeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if trainer.history:
+        last = trainer.history[-1]
+        print(f"done: {trainer.epoch} epochs, {trainer.step} steps; val top-1 error "
+              f"{last['val_top1']:.3f}, top-5 {last['val_top5']:.3f}; files in {cfg['out']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The training, evaluation and prediction tools: runs, files, resume, failures."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from minialexnet import backend, train
+from minialexnet.checkpoint import CheckpointError, load_checkpoint
+from minialexnet.evaluate import main as evaluate_main
+from minialexnet.predict import main as predict_main
+
+TINY = dict(dataset="synthetic", n_train=128, n_val=64, batch_size=32, model="fournet",
+            epochs=2, progress=False, workers=1, checkpoint_every=0)
+
+
+def cfg(tmp_path, **kw):
+    return train.default_config(**{**TINY, "out": str(tmp_path / "run"), **kw})
+
+
+def weights(path):
+    arrays, meta = load_checkpoint(path)
+    return {k: v for k, v in arrays.items() if k.startswith(("model.", "optim."))}, meta
+
+
+@pytest.fixture(autouse=True)
+def numpy_backend():
+    yield
+    backend.use("numpy")
+
+
+def test_run_writes_metrics_curves_and_checkpoint(tmp_path):
+    t = train.run(cfg(tmp_path), log=lambda *a: None)
+    out = tmp_path / "run"
+    assert len(t.history) == 2 and t.step == 8
+    for f in ("metrics.jsonl", "metrics.csv", "curves.png", "checkpoint.npz"):
+        assert (out / f).stat().st_size > 0, f
+    rows = [json.loads(l) for l in open(out / "metrics.jsonl")]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ("train_loss", "train_error", "val_top1", "val_top5", "lr", "images_per_s",
+                "data_wait_s"):
+        assert key in rows[0]
+    assert rows[0]["images_per_s"] > 0
+    _, meta = weights(out / "checkpoint.npz")
+    assert meta["epoch"] == 2 and meta["step"] == 8 and meta["config"]["model"] == "fournet"
+
+
+def test_resume_is_bit_identical_to_a_straight_run(tmp_path):
+    # 4 steps per epoch: stopping at 3 and resuming to 7 crosses an epoch boundary
+    # (with its evaluation and schedule step) and uses dropout, shuffling and crops.
+    straight = cfg(tmp_path / "a", model="small-alexnet", max_steps=7, epochs=5)
+    train.run(straight, log=lambda *a: None)
+    first = cfg(tmp_path / "b", model="small-alexnet", max_steps=3, epochs=5)
+    train.run(first, log=lambda *a: None)
+    resumed = cfg(tmp_path / "b", model="small-alexnet", max_steps=7, epochs=5, resume=True)
+    train.run(resumed, log=lambda *a: None)
+    wa, ma = weights(tmp_path / "a" / "run" / "checkpoint.npz")
+    wb, mb = weights(tmp_path / "b" / "run" / "checkpoint.npz")
+    assert ma["step"] == mb["step"] == 7
+    assert wa.keys() == wb.keys() and len(wa) > 4
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
+    assert ma["history"] == mb["history"] or [r["val_top1"] for r in ma["history"]] == \
+        [r["val_top1"] for r in mb["history"]]
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, monkeypatch, capsys):
+    real = train.Trainer.train_step
+    calls = {"n": 0}
+
+    def step(self, x, y):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, x, y)
+    monkeypatch.setattr(train.Trainer, "train_step", step)
+    out = tmp_path / "run"
+    code = train.main(["--model", "fournet", "--n-train", "128", "--n-val", "32",
+                       "--batch-size", "32", "--out", str(out), "--no-progress",
+                       "--checkpoint-every", "0"])
+    assert code == 130
+    _, meta = weights(out / "checkpoint.npz")
+    assert meta["step"] == 2 and meta["saved_because"] == "interrupted"
+    assert "resume with --resume" in capsys.readouterr().out
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    base = ["--model", "fournet", "--n-train", "128", "--n-val", "32", "--batch-size", "32",
+            "--out", str(out), "--no-progress", "--checkpoint-every", "0"]
+    assert train.main(base + ["--epochs", "1"]) == 0
+    good, _ = weights(out / "checkpoint.npz")
+    real = train.Trainer.train_step
+
+    def step(self, x, y):
+        loss, logits = real(self, x, y)
+        return (float("nan") if self.step == 5 else loss), logits
+    monkeypatch.setattr(train.Trainer, "train_step", step)
+    capsys.readouterr()
+    assert train.main(base + ["--epochs", "3", "--resume"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "step 6" in err[0] and "lower learning rate" in err[0]
+    after, meta = weights(out / "checkpoint.npz")
+    assert meta["step"] == 4
+    for k in good:
+        np.testing.assert_array_equal(good[k], after[k])
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--dataset", "cifar10", "--data-dir", "/no/such/dir"], "data directory does not exist"),
+    (["--backend", "cupy"], "cupy backend:"),
+    (["--devices", "0,1"], "only device 0"),
+    (["--resume", "--out", "/no/such/run"], "nothing to resume"),
+])
+def test_bad_input_gets_one_line_not_a_traceback(args, expect, capsys):
+    if args[:2] == ["--backend", "cupy"]:
+        try:
+            import cupy
+            if cupy.cuda.runtime.getDeviceCount() > 0:
+                pytest.skip("a GPU is present")
+        except Exception:
+            pass
+    code = train.main(args + ["--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and expect in err[0], err
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path):
+    t = train.run(cfg(tmp_path, epochs=1), log=lambda *a: None)
+    other = train.run(cfg(tmp_path / "o", epochs=0, model="small-alexnet"), log=lambda *a: None)
+    with pytest.raises(CheckpointError, match="was saved for architecture fournet"):
+        other.load(t.last_good_checkpoint)
+
+
+def test_evaluate_and_predict_tools(tmp_path, capsys):
+    t = train.run(cfg(tmp_path, epochs=1), log=lambda *a: None)
+    ckpt = t.last_good_checkpoint
+    assert evaluate_main([ckpt, "--n", "40"]) == 0
+    out = capsys.readouterr().out
+    assert "centre crop" in out and "ten-crop" in out and "top-5 error" in out
+    img = tmp_path / "x.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 40, 3), np.uint8)).save(img)
+    gray = tmp_path / "g.jpg"
+    Image.fromarray(np.full((40, 40), 128, np.uint8), mode="L").save(gray)
+    assert predict_main([ckpt, str(img), str(gray)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == str(img) and len(lines) == 12 and lines[1].strip().endswith(tuple(t.train_set.class_names))
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    assert evaluate_main([str(bad)]) == 2
+    assert "bad.npz" in capsys.readouterr().err
