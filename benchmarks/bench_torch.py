@@ -316,7 +316,14 @@ def memory_child(which, args):
         step = torch_nets.Step("alexnet", b, px, classes, train=True, tiny=args.tiny)
     for _ in range(2):
         step()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    # VmHWM (this process's peak RSS): ru_maxrss would carry the parent's peak
+    # across fork/exec.
+    with open("/proc/self/status") as f:
+        hwm = [line for line in f if line.startswith("VmHWM:")]
+    if hwm:
+        print(int(hwm[0].split()[1]) / 1024)
+    else:
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def run_memory(args):

@@ -177,8 +177,10 @@ class Conv2D(Layer):
         _, oh, ow = self.output_shape((C, H, W))
         # Bytes of columns per image: of x (forward, dW) and, for dx by the
         # transposed convolution (see _dx_by_convolution), of dy.
-        width = kh * kw * max(C, self.out_channels if self._transposed_ok() else 0)
-        per_image = max(oh * ow, H * W) * width * x.dtype.itemsize
+        per_image = oh * ow * kh * kw * C
+        if self._transposed_ok():
+            per_image = max(per_image, H * W * kh * kw * self.out_channels)
+        per_image *= x.dtype.itemsize
         nb = max(1, min(N, self.chunk_bytes // max(1, per_image)))
         return N, C, H, W, kh, kw, s, p, oh, ow, nb
 
@@ -259,8 +261,10 @@ class Conv2D(Layer):
             dyh = xp.ascontiguousarray(dyh)
         dy2 = dyh.reshape(N * oh * ow, co)
         w2 = self._w2()
-        dw2 = xp.zeros(w2.shape, dtype=x.dtype)
-        part = xp.empty(w2.shape, dtype=x.dtype)
+        # dW2.T = cols.T @ dY, of shape (K, C_out): measured up to 8x faster in
+        # OpenBLAS than dY.T @ cols when C_out is small and K*N large (conv1).
+        dw2t = xp.zeros((w2.shape[1], co), dtype=x.dtype)
+        part = xp.empty((w2.shape[1], co), dtype=x.dtype)
         dx = xp.empty((N, H, W, C), dtype=x.dtype) if self.needs_input_grad else None
         transposed = self._transposed_ok()
         if transposed:
@@ -272,8 +276,8 @@ class Conv2D(Layer):
             n1 = min(N, n0 + nb)
             cols = self._columns(x, n0, n1, plan)
             d = dy2[n0 * oh * ow:n1 * oh * ow]
-            xp.matmul(d.T, cols, out=part)               # dW2 += dY.T @ cols
-            dw2 += part
+            xp.matmul(cols.T, d, out=part)               # dW2.T += cols.T @ dY
+            dw2t += part
             if dx is None:
                 continue
             if transposed:
@@ -283,7 +287,7 @@ class Conv2D(Layer):
             else:
                 dcols = xp.matmul(d, w2, out=cols)       # dcols = dY @ W2, same buffer
                 self._col2im(dcols, dx, n0, n1, plan)
-        self.grads["W"] = dw2.reshape(co, kh, kw, C).transpose(0, 3, 1, 2).copy()
+        self.grads["W"] = dw2t.reshape(kh, kw, C, co).transpose(3, 2, 0, 1).copy()
         self.grads["b"] = dy2.sum(axis=0)
         self.cache = None
         return None if dx is None else dx.transpose(0, 3, 1, 2)
