@@ -151,3 +151,14 @@ def test_evaluate_and_predict_tools(tmp_path, capsys):
     bad.write_bytes(b"not a zip")
     assert evaluate_main([str(bad)]) == 2
     assert "bad.npz" in capsys.readouterr().err
+
+
+def test_cli_defaults_follow_the_paper_except_for_small_nets():
+    paper = train.parse_args(["--model", "alexnet", "--dataset", "imagenette"])
+    assert paper["lr"] == 0.01 and paper["momentum"] == 0.9 and paper["weight_decay"] == 0.0005
+    assert paper["batch_size"] == 128 and paper["model_kwargs"] == {} and paper["crop"] == 227
+    small = train.parse_args([])
+    assert small["model"] == "small-alexnet" and small["lr"] == 0.003
+    assert small["model_kwargs"] == {"init_std": "fan-in", "init_bias": {}}
+    mine = train.parse_args(["--lr", "0.02", "--model-kwargs", '{"init_std": 0.01}'])
+    assert mine["lr"] == 0.02 and mine["model_kwargs"]["init_std"] == 0.01
