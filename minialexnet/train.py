@@ -68,7 +68,7 @@ def default_config(**overrides):
         dataset="synthetic", data_dir=None, n_train=None, n_val=None,
         image_size=None, crop=None, pca=False, flip=True,
         model="small-alexnet", model_kwargs={}, towers=2,
-        epochs=4, batch_size=128, lr=0.01, momentum=0.9, weight_decay=0.0005,
+        epochs=6, batch_size=128, lr=0.01, momentum=0.9, weight_decay=0.0005,
         schedule="plateau", patience=2, max_reductions=3, step_epochs=30,
         seed=0, backend="numpy", devices=None, out="runs/latest", resume=False,
         max_steps=None, checkpoint_every=200, workers=2, progress=True,
