@@ -15,7 +15,7 @@ import time
 from . import data
 
 __all__ = ["FAST", "fast_mode", "pick", "chapter_data_dir", "chapter_data", "Timer",
-           "results_table"]
+           "results_table", "collect_results"]
 
 
 def fast_mode():
@@ -86,3 +86,21 @@ def results_table(rows):
     except ImportError:
         print(text)
     return text
+
+
+def collect_results(folder):
+    """README's results table: every chapter's "paper vs measured" rows, as Markdown.
+
+    Reads ``folder/NN_name.json`` (lists of row dicts written by the chapters' full-mode
+    runs), in chapter order:  python -c "from minialexnet.notebook import
+    collect_results; print(collect_results('chapters/results'))"
+    """
+    import json
+    lines = ["| chapter | claim | paper | measured here | data | time | why they differ |",
+             "|---|---|---|---|---|---|---|"]
+    for path in sorted(pathlib.Path(folder).glob("[0-9][0-9]_*.json")):
+        for r in json.loads(path.read_text()):
+            cells = [path.stem] + [str(r.get(k, "")) for k in
+                                   ("claim", "paper", "measured", "data", "time", "why")]
+            lines.append("| " + " | ".join(c.replace("|", "/").replace("\n", " ") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
