@@ -675,7 +675,9 @@ class Summary:
     layer, kind, output_shape (per image), params, neurons (outputs of conv and FC
     layers: the paper's count), flops (forward, 2 x multiply-adds, per image; only
     conv and FC layers do multiply-adds), activation_bytes (the layer's output per
-    image), transfer_bytes (bytes that cross between towers per image), device.
+    image), transfer_bytes (bytes that cross between devices per image: 0 when both towers
+    share a device, e.g. the default devices=None; build with devices=(0, 1) to see what
+    two GPUs would exchange), device.
     ``totals``: the same summed.  ``neurons_by_layer()``: {layer: neurons, all towers}.
     ``str(summary)`` / ``summary.text``: a printable table.
     """

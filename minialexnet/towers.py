@@ -20,7 +20,9 @@ tower 1, each on its own device; ==> is a transfer between devices):
 
 So conv1 sees the whole image in both towers; conv2, conv4 and conv5 see only the
 maps of their own tower (on one device this is a *grouped* convolution with two
-groups); conv3 and the fully-connected layers see everything.
+groups); conv3 and the fully-connected layers see everything.  The LRN after conv1
+and conv2 is per tower too: its channel window stops at the tower boundary, so a
+one-device equivalent also needs LRN applied per group (tested against PyTorch).
 
 The pieces here are small and explicit, so that every place the towers talk is one
 line of code:
