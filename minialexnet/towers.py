@@ -120,19 +120,19 @@ class TowerLayer(Step):
     def named_layers(self):
         return [(self.prefix(i), l, d) for i, (l, d) in enumerate(zip(self.layers, self.devices))]
 
-    def forward(self, xs):
+    def _each_tower(self, method, arrays):
+        """Call ``method`` of each tower's layer on its own array, on its own device."""
         out = []
-        for layer, d, x in zip(self.layers, self.devices, xs):
+        for layer, d, a in zip(self.layers, self.devices, arrays):
             with backend.device(d):
-                out.append(layer.forward(x))
+                out.append(getattr(layer, method)(a))
         return out
 
+    def forward(self, xs):
+        return self._each_tower("forward", xs)
+
     def backward(self, dys):
-        out = []
-        for layer, d, dy in zip(self.layers, self.devices, dys):
-            with backend.device(d):
-                out.append(layer.backward(dy))
-        return out
+        return self._each_tower("backward", dys)
 
 
 class OnDevice(Step):

@@ -97,14 +97,18 @@ def prepare_data(cfg):
 
 
 # ---------------------------------------------------------------- evaluation
-def predict_batches(model, x_uint8, transform, batch_size=256, device=0):
-    """Logits (host float32, (N, K)) of ``model`` in eval mode for uint8 NHWC images."""
+def predict_batches(model, x, transform=None, batch_size=256, device=0):
+    """Logits (host float32, (N, K)) of ``model`` in eval mode, ``batch_size`` at a time.
+
+    x: uint8 NHWC images made into network input by ``transform``, or (transform None)
+    float32 NCHW batches ready for the network."""
     was_training = model.training
     model.eval()
     out = []
     try:
-        for i in range(0, len(x_uint8), batch_size):
-            xb = backend.to_device(backend.xp().asarray(transform(x_uint8[i:i + batch_size])), device)
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size] if transform is None else transform(x[i:i + batch_size])
+            xb = backend.to_device(backend.xp().asarray(xb), device)
             out.append(backend.to_numpy(model.forward(xb)))
     finally:
         model.train(was_training)
@@ -115,18 +119,12 @@ def evaluate(model, dataset, crop, mean=None, batch_size=256, ten_crop=False, de
     """Top-1 and top-5 error on ``dataset``: the centre crop, or the paper's ten-crop
     test (four corners, centre and their mirror images, softmax averaged; 4.1)."""
     if ten_crop:
-        was_training = model.training
-        model.eval()
-        try:
-            def predict(x):
-                return np.concatenate([backend.to_numpy(model.forward(
-                    backend.to_device(backend.xp().asarray(x[i:i + batch_size]), device)))
-                    for i in range(0, len(x), batch_size)])
-            scores = np.concatenate([
-                data.ten_crop_predict(predict, dataset.x[i:i + 1024], crop, mean)
-                for i in range(0, len(dataset), 1024)])
-        finally:
-            model.train(was_training)
+        def predict(x):
+            return predict_batches(model, x, None, batch_size, device)
+        # 1024 images at a time: their ten crops are ten float32 copies of the batch.
+        scores = np.concatenate([
+            data.ten_crop_predict(predict, dataset.x[i:i + 1024], crop, mean)
+            for i in range(0, len(dataset), 1024)])
     else:
         scores = predict_batches(model, dataset.x, data.EvalTransform(crop, mean), batch_size, device)
     meter = ErrorMeter()

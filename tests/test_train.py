@@ -62,8 +62,9 @@ def test_resume_is_bit_identical_to_a_straight_run(tmp_path):
     assert wa.keys() == wb.keys() and len(wa) > 4
     for k in wa:
         np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
-    assert ma["history"] == mb["history"] or [r["val_top1"] for r in ma["history"]] == \
-        [r["val_top1"] for r in mb["history"]]
+    # Timings differ between the runs; everything the model computed must not.
+    for key in ("train_loss", "train_error", "val_top1", "val_top5", "lr"):
+        assert [r[key] for r in ma["history"]] == [r[key] for r in mb["history"]], key
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, monkeypatch, capsys):
