@@ -63,12 +63,15 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 
-import numpy as np  # noqa: E402
-
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from minialexnet import backend, parallel  # noqa: E402
+# minialexnet before NumPy, so that its CPU settings (minialexnet/cpu.py) reach
+# OpenBLAS.  They are process-wide: torch, in this same process, runs under them too.
+import minialexnet  # noqa: E402,F401
+import numpy as np  # noqa: E402
+
+from minialexnet import backend, cpu, parallel  # noqa: E402
 from minialexnet.layers import (Conv2D, Dropout, Linear, LocalResponseNorm,  # noqa: E402
                                 MaxPool2D, ReLU, SoftmaxCrossEntropy)
 
@@ -91,11 +94,18 @@ def import_torch():
 
 
 # ---------------------------------------------------------------- timing
+SETTLE_S = 0.25
+
+
 def interleaved(fa, fb, repeats, warmup):
     """Median seconds of fa and fb, called in turn A B A B ... after a warm-up.
 
     Each function may return None or a dict of named sub-times (e.g. forward),
-    whose medians are returned as well.
+    whose medians are returned as well.  Before every timed call the process
+    sleeps ``SETTLE_S``: both sides' thread pools busy-wait for a while after
+    their last job (torch's OpenMP threads, OpenBLAS's workers), and without the
+    pause each side would be timed while the other's idle threads still hold a
+    core -- measured to add up to 30 % to whichever side runs second.
     """
     for _ in range(warmup):
         fa()
@@ -104,6 +114,7 @@ def interleaved(fa, fb, repeats, warmup):
     for _ in range(repeats):
         for f, t, s in ((fa, ta, sa), (fb, tb, sb)):
             gc.collect()
+            time.sleep(SETTLE_S)
             t0 = time.perf_counter()
             parts = f()
             t.append(time.perf_counter() - t0)
@@ -374,14 +385,19 @@ def main(args):
     torch.set_num_threads(args.threads)
     parallel.set_threads(args.threads)
     backend.use("numpy", seed=0)
+    global SETTLE_S
     if args.tiny:
-        args.repeats, args.warmup = 1, 0
+        args.repeats, args.warmup, SETTLE_S = 1, 0, 0.0
     sections = set(args.sections.split(","))
     print(f"# minialexnet vs PyTorch {torch.__version__} CPU, {time.strftime('%Y-%m-%d %H:%M %Z')}")
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{args.threads} threads, numpy {np.__version__}, python {platform.python_version()}")
+    print(f"# minialexnet/cpu.py settings: OpenBLAS threads sleep when idle: "
+          f"{cpu.BLAS_SLEEPS_WHEN_IDLE}; freed memory kept by malloc: {cpu.keep_freed_memory()}")
     results = {"threads": args.threads, "torch": torch.__version__, "numpy": np.__version__,
-               "date": time.strftime("%Y-%m-%d %H:%M %Z")}
+               "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+               "blas_sleeps_when_idle": cpu.BLAS_SLEEPS_WHEN_IDLE,
+               "malloc_keeps_freed": cpu.keep_freed_memory()}
     peak = gemm_peak(args.threads, repeats=1 if args.tiny else 5, n=256 if args.tiny else 2048)
     results["gemm_peak_gflops"] = peak
     print(f"float32 GEMM peak (NumPy BLAS, {args.threads} threads): {peak:.0f} GFLOP/s")

@@ -9,3 +9,6 @@ Modules, in the order an image meets them:
 """
 
 __version__ = "0.1.0"
+
+# Before anything loads NumPy: OpenBLAS reads its thread settings when it loads.
+from . import cpu as _cpu  # noqa: E402,F401

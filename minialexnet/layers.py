@@ -116,9 +116,11 @@ class Conv2D(Layer):
       order.  It is returned as an (N, C_out, OH, OW) array whose memory is
       channels-last (a transposed view, like PyTorch's ``channels_last``), so
       the next Conv2D reads it without any copy.  Shapes and values are NCHW.
-    - The batch goes through in chunks of about ``chunk_bytes`` of columns: the
-      column buffer is reused (no 500 MB array per call), and backward rebuilds
-      the columns of each chunk from the cached input instead of keeping them.
+    - When the whole batch's columns fit in ``keep_columns_bytes`` (small images,
+      small batches) they are built once, in one buffer, and backward reuses
+      them.  Otherwise the batch goes through in chunks of about ``chunk_bytes``
+      of columns: the column buffer is reused (no 500 MB array per call), and
+      backward rebuilds the columns of each chunk from the cached input.
     - Copies in and out of columns run on ``parallel.threads()`` threads, split
       over the images of the chunk; the matrix multiplies use BLAS's threads.
 
@@ -127,6 +129,7 @@ class Conv2D(Layer):
     """
 
     chunk_bytes = 24 << 20
+    keep_columns_bytes = 128 << 20
     needs_input_grad = True
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
@@ -140,6 +143,7 @@ class Conv2D(Layer):
         self.params["W"] = _normal((out_channels, in_channels, kh, kw), weight_std, dtype)
         self.params["b"] = xp.full((out_channels,), bias, dtype=dtype)
         self._buffers = {}
+        self._kept = None
 
     def output_shape(self, input_shape):
         """(C_out, OH, OW) for an input of shape (C_in, H, W)."""
@@ -181,7 +185,10 @@ class Conv2D(Layer):
         if self._transposed_ok():
             per_image = max(per_image, H * W * kh * kw * self.out_channels)
         per_image *= x.dtype.itemsize
-        nb = max(1, min(N, self.chunk_bytes // max(1, per_image)))
+        if N * per_image <= self.keep_columns_bytes:
+            nb = N                                       # one chunk, kept for backward
+        else:
+            nb = max(1, min(N, self.chunk_bytes // max(1, per_image)))
         return N, C, H, W, kh, kw, s, p, oh, ow, nb
 
     # How backward computes dx: "transposed" (stride 1 only), "col2im" or "auto".
@@ -242,6 +249,7 @@ class Conv2D(Layer):
             xp.matmul(cols, w2t, out=rows)               # Y = cols @ W2.T
             rows += b                                    # while the chunk is in cache
         self.cache = x
+        self._kept = cols if nb == N else None           # backward's columns, built
         return y.transpose(0, 3, 1, 2)                   # NCHW shape, channels-last memory
 
     def backward(self, dy):
@@ -274,7 +282,8 @@ class Conv2D(Layer):
             dx2 = dx.reshape(N * H * W, C)
         for n0 in range(0, N, nb):
             n1 = min(N, n0 + nb)
-            cols = self._columns(x, n0, n1, plan)
+            cols = self._kept if nb == N and self._kept is not None \
+                else self._columns(x, n0, n1, plan)
             d = dy2[n0 * oh * ow:n1 * oh * ow]
             xp.matmul(cols.T, d, out=part)               # dW2.T += cols.T @ dY
             dw2t += part
@@ -289,7 +298,7 @@ class Conv2D(Layer):
                 self._col2im(dcols, dx, n0, n1, plan)
         self.grads["W"] = dw2t.reshape(kh, kw, C, co).transpose(3, 2, 0, 1).copy()
         self.grads["b"] = dy2.sum(axis=0)
-        self.cache = None
+        self.cache = self._kept = None
         return None if dx is None else dx.transpose(0, 3, 1, 2)
 
     def _col2im(self, dcols, dx, n0, n1, plan):

@@ -39,6 +39,49 @@ def test_conv_gradients(cin, cout, k, stride, pad, shape):
     assert_grads_ok(gradcheck(layer, rnd(*shape)))
 
 
+# Conv2D has three ways through a batch: all columns built once and kept for
+# backward (small batches), chunks rebuilt in backward (large ones), and two ways
+# to dx (transposed convolution, col2im).  Each must give the same numbers.
+CONV_PATHS = {
+    "kept": dict(keep_columns_bytes=1 << 30),
+    "chunked": dict(keep_columns_bytes=0, chunk_bytes=1),          # one image a chunk
+    "chunked-col2im": dict(keep_columns_bytes=0, chunk_bytes=2000, dx_method="col2im"),
+    "kept-transposed": dict(keep_columns_bytes=1 << 30, dx_method="transposed"),
+}
+
+
+@pytest.mark.parametrize("path", sorted(CONV_PATHS))
+@pytest.mark.parametrize("cin,cout,k,stride,pad", [(3, 4, 3, 1, 1), (4, 2, 5, 1, 2),
+                                                   (3, 5, 3, 2, 0)])
+def test_conv_paths_agree_and_check(path, cin, cout, k, stride, pad):
+    x = rnd(5, cin, 9, 8)
+    ref = Conv2D(cin, cout, k, stride=stride, padding=pad, bias=0.3, dtype=np.float64)
+    layer = Conv2D(cin, cout, k, stride=stride, padding=pad, dtype=np.float64)
+    for name, value in CONV_PATHS[path].items():
+        setattr(layer, name, value)
+    layer.params = {k: v.copy() for k, v in ref.params.items()}
+    dy = rnd(*ref.forward(x).shape, seed=1)
+    y_ref, dx_ref = ref.forward(x), ref.backward(dy)
+    np.testing.assert_allclose(layer.forward(x), y_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer.backward(dy), dx_ref, rtol=1e-10, atol=1e-12)
+    for g in ("W", "b"):
+        np.testing.assert_allclose(layer.grads[g], ref.grads[g], rtol=1e-10, atol=1e-12)
+    assert_grads_ok(gradcheck(layer, x[:3]))
+
+
+def test_conv_kept_columns_follow_the_last_forward():
+    """Two forwards, then backward: the gradient is the second input's."""
+    layer, ref = Conv2D(3, 4, 3, padding=1), Conv2D(3, 4, 3, padding=1)
+    ref.params = {k: v.copy() for k, v in layer.params.items()}
+    x1, x2 = rnd(2, 3, 6, 6).astype(np.float32), rnd(2, 3, 6, 6, seed=2).astype(np.float32)
+    dy = rnd(2, 4, 6, 6, seed=3).astype(np.float32)
+    layer.forward(x1)
+    layer.forward(x2)
+    ref.forward(x2)
+    np.testing.assert_array_equal(layer.backward(dy), ref.backward(dy))
+    np.testing.assert_array_equal(layer.grads["W"], ref.grads["W"])
+
+
 @pytest.mark.parametrize("z,s,shape", [(3, 2, (2, 3, 9, 9)), (3, 1, (2, 2, 6, 7)),
                                        (2, 2, (2, 3, 8, 6)), (3, 2, (1, 2, 13, 8))])
 def test_maxpool_gradients(z, s, shape):
