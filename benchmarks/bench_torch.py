@@ -44,6 +44,9 @@ def parse_args(argv=None):
                    help="which network rows to run")
     p.add_argument("--tiny", action="store_true",
                    help="tiny shapes, 1 repeat: proves the script runs (used by the test)")
+    p.add_argument("--torch-malloc", choices=("glibc", "kept"), default="glibc",
+                   help="malloc settings while torch runs: glibc's own (as torch's users "
+                        "get it; default) or minialexnet's (minialexnet/cpu.py)")
     p.add_argument("--json", default=None, help="also write the results to this file")
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -95,6 +98,13 @@ def import_torch():
 
 # ---------------------------------------------------------------- timing
 SETTLE_S = 0.25
+TORCH_MALLOC = "glibc"
+
+
+def malloc_for(side):
+    """Each side runs under the malloc settings its users get (see --torch-malloc)."""
+    if cpu.enabled():
+        cpu.malloc_mode("kept" if side == "ours" else TORCH_MALLOC)
 
 
 def interleaved(fa, fb, repeats, warmup):
@@ -105,14 +115,20 @@ def interleaved(fa, fb, repeats, warmup):
     sleeps ``SETTLE_S``: both sides' thread pools busy-wait for a while after
     their last job (torch's OpenMP threads, OpenBLAS's workers), and without the
     pause each side would be timed while the other's idle threads still hold a
-    core -- measured to add up to 30 % to whichever side runs second.
+    core -- measured to add up to 30 % to whichever side runs second.  And each
+    side runs under its own malloc settings (``malloc_for``): minialexnet's kept
+    freed memory made torch's AlexNet step 25 % faster too, which is not what
+    torch's users get.
     """
     for _ in range(warmup):
+        malloc_for("ours")
         fa()
+        malloc_for("torch")
         fb()
     ta, tb, sa, sb = [], [], [], []
     for _ in range(repeats):
-        for f, t, s in ((fa, ta, sa), (fb, tb, sb)):
+        for f, t, s, side in ((fa, ta, sa, "ours"), (fb, tb, sb, "torch")):
+            malloc_for(side)
             gc.collect()
             time.sleep(SETTLE_S)
             t0 = time.perf_counter()
@@ -123,6 +139,7 @@ def interleaved(fa, fb, repeats, warmup):
     def med_parts(s):
         keys = s[0].keys() if s else ()
         return {k: statistics.median(p[k] for p in s) for k in keys}
+    malloc_for("ours")
     return statistics.median(ta), statistics.median(tb), med_parts(sa), med_parts(sb)
 
 
@@ -344,7 +361,10 @@ def run_memory(args):
     for which in ("ours", "torch"):
         cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", which,
                "--threads", str(args.threads)] + (["--tiny"] if args.tiny else [])
-        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        env = dict(os.environ)
+        if which == "torch" and args.torch_malloc == "glibc":
+            env["MINIALEXNET_CPU_TUNING"] = "0"        # glibc's malloc, as torch users have it
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
         out[which] = float(res.stdout.strip().splitlines()[-1])
     print(f"minialexnet {out['ours']:.0f} MiB, torch {out['torch']:.0f} MiB, "
           f"ratio {out['ours'] / out['torch']:.2f}")
@@ -385,7 +405,8 @@ def main(args):
     torch.set_num_threads(args.threads)
     parallel.set_threads(args.threads)
     backend.use("numpy", seed=0)
-    global SETTLE_S
+    global SETTLE_S, TORCH_MALLOC
+    TORCH_MALLOC = args.torch_malloc
     if args.tiny:
         args.repeats, args.warmup, SETTLE_S = 1, 0, 0.0
     sections = set(args.sections.split(","))
@@ -393,11 +414,12 @@ def main(args):
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{args.threads} threads, numpy {np.__version__}, python {platform.python_version()}")
     print(f"# minialexnet/cpu.py settings: OpenBLAS threads sleep when idle: "
-          f"{cpu.BLAS_SLEEPS_WHEN_IDLE}; freed memory kept by malloc: {cpu.keep_freed_memory()}")
+          f"{cpu.BLAS_SLEEPS_WHEN_IDLE}; freed memory kept by malloc: {cpu.keep_freed_memory()}"
+          f" (torch's side: {'glibc defaults' if args.torch_malloc == 'glibc' else 'the same'})")
     results = {"threads": args.threads, "torch": torch.__version__, "numpy": np.__version__,
                "date": time.strftime("%Y-%m-%d %H:%M %Z"),
                "blas_sleeps_when_idle": cpu.BLAS_SLEEPS_WHEN_IDLE,
-               "malloc_keeps_freed": cpu.keep_freed_memory()}
+               "malloc_keeps_freed": cpu.keep_freed_memory(), "torch_malloc": args.torch_malloc}
     peak = gemm_peak(args.threads, repeats=1 if args.tiny else 5, n=256 if args.tiny else 2048)
     results["gemm_peak_gflops"] = peak
     print(f"float32 GEMM peak (NumPy BLAS, {args.threads} threads): {peak:.0f} GFLOP/s")

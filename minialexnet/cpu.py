@@ -35,7 +35,7 @@ import sys
 _set_outside = "OPENBLAS_THREAD_TIMEOUT" in os.environ
 _numpy_was_loaded = "numpy" in sys.modules
 
-__all__ = ["BLAS_SLEEPS_WHEN_IDLE", "keep_freed_memory", "enabled"]
+__all__ = ["BLAS_SLEEPS_WHEN_IDLE", "keep_freed_memory", "malloc_mode", "enabled"]
 
 
 def enabled():
@@ -52,8 +52,26 @@ BLAS_SLEEPS_WHEN_IDLE = (os.environ.get("OPENBLAS_THREAD_TIMEOUT") == "4"
                          and (_set_outside or not _numpy_was_loaded))
 
 _M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
 _M_MMAP_MAX = -4
 _kept = None
+_mallopt = None
+
+
+def _libc_mallopt():
+    """glibc's ``mallopt`` through ctypes, or None where there is none."""
+    global _mallopt
+    if _mallopt is None:
+        _mallopt = False
+        name = ctypes.util.find_library("c")
+        try:
+            fn = getattr(ctypes.CDLL(name), "mallopt", None) if name else None
+        except OSError:
+            fn = None
+        if fn is not None:
+            fn.argtypes, fn.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+            _mallopt = fn
+    return _mallopt or None
 
 
 def keep_freed_memory():
@@ -65,17 +83,30 @@ def keep_freed_memory():
     """
     global _kept
     if _kept is None:
-        _kept = False
-        name = ctypes.util.find_library("c")
-        try:
-            libc = ctypes.CDLL(name) if name else None
-            mallopt = getattr(libc, "mallopt", None)
-        except OSError:
-            mallopt = None
-        if mallopt is not None:
-            mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-            _kept = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+        mallopt = _libc_mallopt()
+        _kept = bool(mallopt and mallopt(_M_MMAP_MAX, 0)
+                     and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
     return _kept
+
+
+def malloc_mode(mode):
+    """Switch malloc between "kept" (``keep_freed_memory``) and "glibc".
+
+    "glibc" is where glibc's own dynamic rule settles in a process that has freed
+    a block of 32 MiB or more: blocks from 32 MiB up get their own mapping, and
+    more than 64 MiB free at the heap's top is trimmed.  The benchmark uses it to
+    time PyTorch as its users get it, in the same process as minialexnet.
+    Returns False where there is no ``mallopt``.
+    """
+    mallopt = _libc_mallopt()
+    if mallopt is None:
+        return False
+    if mode == "kept":
+        return bool(mallopt(_M_MMAP_MAX, 0) and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    if mode == "glibc":
+        return bool(mallopt(_M_MMAP_MAX, 65536) and mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+                    and mallopt(_M_TRIM_THRESHOLD, 64 << 20))
+    raise ValueError(f"malloc_mode: expected 'kept' or 'glibc', got {mode!r}")
 
 
 if enabled():
