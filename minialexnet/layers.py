@@ -129,7 +129,8 @@ class Conv2D(Layer):
     """
 
     chunk_bytes = 24 << 20
-    keep_columns_bytes = 128 << 20
+    keep_columns_bytes = 160 << 20
+    col2im_block_bytes = 1 << 20
     needs_input_grad = True
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
@@ -307,13 +308,16 @@ class Conv2D(Layer):
             pad = self._buffer("dpad", (nb, H + 2 * p, W + 2 * p, C), dx.dtype)
 
         def work(lo, hi):
-            part = dcols[lo * oh * ow:hi * oh * ow]
-            if p:
-                g = col2im_nhwc(part, (hi - lo, H + 2 * p, W + 2 * p, C), kh, kw, s,
-                                out=pad[lo:hi])
-                dx[n0 + lo:n0 + hi] = g[:, p:p + H, p:p + W, :]   # drop the padding
-            else:
-                col2im_nhwc(part, (hi - lo, H, W, C), kh, kw, s, out=dx[n0 + lo:n0 + hi])
+            # A few images at a time, so that the KH*KW adds into them hit the cache.
+            for blk in _blocks(dx, lo, hi, nbytes=self.col2im_block_bytes):
+                a, z = blk.start, blk.stop
+                part = dcols[a * oh * ow:z * oh * ow]
+                if p:
+                    g = col2im_nhwc(part, (z - a, H + 2 * p, W + 2 * p, C), kh, kw, s,
+                                    out=pad[a:z])
+                    dx[n0 + a:n0 + z] = g[:, p:p + H, p:p + W, :]   # drop the padding
+                else:
+                    col2im_nhwc(part, (z - a, H, W, C), kh, kw, s, out=dx[n0 + a:n0 + z])
         parallel_for(n1 - n0, work)
 
 
