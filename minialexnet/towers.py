@@ -45,9 +45,12 @@ order a one-device grouped convolution uses, so weights map one-to-one (tower i'
 ``conv2.W`` is rows ``i*128:(i+1)*128`` of the grouped weight).
 """
 
+import copy
+
 from . import backend
 
-__all__ = ["transfer", "TowerLayer", "OnDevice", "Broadcast", "Exchange", "Gather"]
+__all__ = ["transfer", "TowerLayer", "SharedInputConvs", "OnDevice", "Broadcast",
+           "Exchange", "Gather"]
 
 
 def transfer(x, device):
@@ -128,11 +131,75 @@ class TowerLayer(Step):
                 out.append(getattr(layer, method)(a))
         return out
 
+    #: Run the towers' convolutions as one when they read the same array on one
+    #: device (``SharedInputConvs``).  Same numbers either way; tests turn it off.
+    fuse_shared_input = True
+
+    def _shares_input(self, xs):
+        return (self.fuse_shared_input and self.kind == "conv" and len(self.layers) > 1
+                and all(x is xs[0] for x in xs[1:]) and len(set(self.devices)) == 1)
+
     def forward(self, xs):
+        self._fused = None
+        if self._shares_input(xs):
+            self._fused = getattr(self, "_shared", None) or SharedInputConvs(self.layers)
+            self._shared = self._fused
+            with backend.device(self.devices[0]):
+                return self._fused.forward(xs[0])
         return self._each_tower("forward", xs)
 
     def backward(self, dys):
+        if self._fused is not None:
+            with backend.device(self.devices[0]):
+                return self._fused.backward(dys)
         return self._each_tower("backward", dys)
+
+
+class SharedInputConvs:
+    """Several towers' convolutions of one array on one device, run as one Conv2D.
+
+    On the paper's two GPUs each tower must build the columns of the image itself.
+    On one device (NumPy, or ``--devices 0,0``) conv1's towers -- and conv3's, whose
+    input the exchange hands to both -- would build the very same columns twice.
+    Stacking the towers' kernels (tower 0's first, the concatenation order) makes
+    it one im2col and one wider matrix multiply, which BLAS also runs faster.  The
+    numbers are the same; parameters and gradients stay each tower's own arrays
+    (the gradients are views of the stacked gradient).
+
+    backward returns [dx, None, ...]: dx is the sum of all towers' input gradients,
+    given to tower 0; ``Broadcast`` and ``Exchange`` add up what they receive and
+    skip the Nones.
+    """
+
+    def __init__(self, layers):
+        self.layers = list(layers)
+        self.sizes = [l.out_channels for l in self.layers]
+        conv = copy.copy(self.layers[0])          # the hyper-parameters; no new weights
+        conv.params, conv.grads, conv._buffers = {}, {}, {}
+        conv.cache = conv._kept = None
+        conv.out_channels = sum(self.sizes)
+        conv.name = self.layers[0].name + "+shared"
+        self.conv = conv
+
+    def forward(self, x):
+        xp = backend.xp()
+        self.conv.params = {k: xp.concatenate([l.params[k] for l in self.layers])
+                            for k in ("W", "b")}
+        return _split(self.conv.forward(x), self.sizes)
+
+    def backward(self, dys):
+        xp = backend.xp()
+        conv = self.conv
+        conv.needs_input_grad = any(l.needs_input_grad for l in self.layers)
+        n, _, oh, ow = dys[0].shape
+        dy = xp.empty((n, oh, ow, conv.out_channels), dtype=dys[0].dtype)   # channels last
+        for d, part in zip(dys, _split(dy, self.sizes, axis=3)):
+            part[...] = d.transpose(0, 2, 3, 1)
+        dx = conv.backward(dy.transpose(0, 3, 1, 2))
+        for layer, gw, gb in zip(self.layers, _split(conv.grads["W"], self.sizes, 0),
+                                 _split(conv.grads["b"], self.sizes, 0)):
+            layer.grads["W"], layer.grads["b"] = gw, gb
+        return [dx] + [None] * (len(self.layers) - 1)
 
 
 class OnDevice(Step):
@@ -174,13 +241,14 @@ class Broadcast(Step):
         return [transfer(x, d) for d in self.devices]
 
     def backward(self, dxs):
-        if any(g is None for g in dxs):   # the layers below skipped dx (the image's)
-            return None
-        home = self.devices[0]
+        # None: a tower sent no gradient (conv1 skips the image's, or SharedInputConvs
+        # gave the whole sum to tower 0).
+        home, dx = self.devices[0], None
         with backend.device(home):
-            dx = dxs[0]
-            for g in dxs[1:]:
-                dx = dx + transfer(g, home)
+            for g in dxs:
+                if g is not None:
+                    g = transfer(g, home)
+                    dx = g if dx is None else dx + g
         return dx
 
 
@@ -201,25 +269,28 @@ class Exchange(Step):
 
     def forward(self, xs):
         self.sizes = [x.shape[1] for x in xs]
-        out = []
+        made = {}       # towers that share a device share one concatenation
         for d in self.devices:
-            with backend.device(d):
-                out.append(_concat([transfer(x, d) for x in xs]))
-        return out
+            if d not in made:
+                with backend.device(d):
+                    made[d] = _concat([transfer(x, d) for x in xs])
+        return [made[d] for d in self.devices]
 
     def backward(self, dys):
         # pieces[i][j]: tower i's gradient for tower j's maps, still on device i
+        # (None where tower i sent none: see SharedInputConvs)
         pieces = []
         for d, dy in zip(self.devices, dys):
             with backend.device(d):
-                pieces.append(_split(dy, self.sizes))
+                pieces.append(None if dy is None else _split(dy, self.sizes))
         dxs = []
         for j, d in enumerate(self.devices):
             with backend.device(d):
                 dx = None
                 for i in range(len(self.devices)):
-                    g = transfer(pieces[i][j], d)
-                    dx = g if dx is None else dx + g
+                    if pieces[i] is not None:
+                        g = transfer(pieces[i][j], d)
+                        dx = g if dx is None else dx + g
                 dxs.append(dx)
         return dxs
 
