@@ -229,18 +229,66 @@ def layer_flops(layer, shape):
     return 0
 
 
+def gemm_shapes(layer, shape, need_dx):
+    """(M, K, N) of the matrix multiplies one forward + backward of ``layer`` needs."""
+    if isinstance(layer, Conv2D):
+        co, oh, ow = layer.output_shape(shape[1:])
+        kh, kw = layer.kernel_size
+        m, k = shape[0] * oh * ow, kh * kw * shape[1]
+        out = [(m, k, co), (k, m, co)]                 # Y = cols W2.T;  dW2.T = cols.T dY
+        return out + ([(m, co, k)] if need_dx else [])  # dcols = dY W2
+    if isinstance(layer, Linear):
+        m, k, n = shape[0], layer.in_features, layer.out_features
+        return [(m, k, n), (n, m, k)] + ([(m, n, k)] if need_dx else [])
+    return []
+
+
+def gemm_floor(layer, shape, need_dx, repeats):
+    """Seconds of the layer's matrix multiplies alone, on random operands of the same
+    shapes (median of ``repeats``): what no im2col trick can get below."""
+    total = 0.0
+    for m, k, n in gemm_shapes(layer, shape, need_dx):
+        a, b, c = rnd((m, k)), rnd((k, n), seed=1), np.empty((m, n), np.float32)
+        np.matmul(a, b, out=c)
+        times = []
+        for _ in range(max(1, repeats)):
+            t0 = time.perf_counter()
+            np.matmul(a, b, out=c)
+            times.append(time.perf_counter() - t0)
+        total += statistics.median(times)
+    return total
+
+
+def fournet_layer_specs(tiny=False):
+    """The four-layer net's convolutions at batch 128 (32 px): the small-conv case."""
+    b = 2 if tiny else 128
+    specs = [("fournet conv1 5x5 3->32", Conv2D(3, 32, 5, 1, 2), (b, 3, 32, 32), False),
+             ("fournet conv2 5x5 32->32", Conv2D(32, 32, 5, 1, 2), (b, 32, 15, 15), True),
+             ("fournet conv3 5x5 32->64", Conv2D(32, 64, 5, 1, 2), (b, 32, 7, 7), True)]
+    out = []
+    for name, layer, shape, dx in specs:
+        layer.needs_input_grad = dx
+        fn = (lambda s, p: lambda x, W, bb: F.conv2d(x, W, bb, stride=s, padding=p))(1, 2)
+        out.append((name, layer, fn, shape, dx))
+    return out
+
+
 def run_layers(args, peak):
     b = 2 if args.tiny else args.layer_batch
     rows = []
-    print(f"\n## Layers: forward + backward, batch {b}, {args.threads} threads "
+    print(f"\n## Layers: forward + backward, batch {b} (the fournet rows: batch "
+          f"{2 if args.tiny else 128}), {args.threads} threads "
           f"(medians of {args.repeats}; ratio = minialexnet / torch)")
+    print("(GEMMs: the layer's matrix multiplies alone, same shapes, random operands; "
+          "floor = GEMMs / torch, the best ratio im2col + OpenBLAS could reach)")
     print(f"{'layer':<30} {'ours fwd':>9} {'ours bwd':>9} {'torch fwd':>9} {'torch bwd':>9}"
-          f" {'ratio':>6} {'GFLOP/s':>8}")
-    for name, layer, fn, shape, need_dx in layer_specs(b, args.tiny):
+          f" {'ratio':>6} {'GFLOP/s':>8} {'GEMMs':>7} {'floor':>6}")
+    specs = layer_specs(b, args.tiny) + fournet_layer_specs(args.tiny)
+    for name, layer, fn, shape, need_dx in specs:
         x = rnd(shape)
         if isinstance(layer, LocalResponseNorm):
             x = np.abs(x) * np.float32(3)   # ReLU outputs, of a size where LRN matters
-        x_ours = x if name.startswith("conv1") else channels_last(x)
+        x_ours = x if "conv1" in name else channels_last(x)   # the image is NCHW
         y = layer.forward(x_ours)
         dy = rnd(y.shape, seed=1)
         dy_ours = channels_last(dy)
@@ -271,13 +319,16 @@ def run_layers(args, peak):
         fl = layer_flops(layer, shape)
         gf = 3 * fl / ta / 1e9 if fl else None
         ratio = ta / tb
+        floor = gemm_floor(layer, shape, need_dx, args.repeats) if fl else None
         rows.append({"layer": name, "ours_fwd_ms": pa["fwd"] * 1e3, "ours_bwd_ms": pa["bwd"] * 1e3,
                      "torch_fwd_ms": pb["fwd"] * 1e3, "torch_bwd_ms": pb["bwd"] * 1e3,
                      "ours_ms": ta * 1e3, "torch_ms": tb * 1e3, "ratio": ratio,
-                     "gflops": gf})
+                     "gflops": gf, "gemm_ms": floor and floor * 1e3,
+                     "floor_ratio": floor and floor / tb})
         gfs = f"{gf:8.0f}" if gf else f"{'':>8}"
+        fls = f"{floor * 1e3:7.1f} {floor / tb:6.2f}" if floor else ""
         print(f"{name:<30} {pa['fwd'] * 1e3:9.1f} {pa['bwd'] * 1e3:9.1f} {pb['fwd'] * 1e3:9.1f}"
-              f" {pb['bwd'] * 1e3:9.1f} {ratio:6.2f} {gfs}", flush=True)
+              f" {pb['bwd'] * 1e3:9.1f} {ratio:6.2f} {gfs} {fls}", flush=True)
     worst = max(rows, key=lambda r: r["ratio"])
     tot_a = sum(r["ours_ms"] for r in rows)
     tot_b = sum(r["torch_ms"] for r in rows)
