@@ -32,7 +32,11 @@ def test_benchmark_runs_at_a_tiny_size(tmp_path):
     assert {n["network"] for n in r["nets"]} == {"alexnet", "small-alexnet", "fournet",
                                                  "alexnet-infer"}
     assert all(n["ratio"] > 0 for n in r["nets"])
-    assert len(r["layers"]) == 15 and all(row["ratio"] > 0 for row in r["layers"])
+    # 15 AlexNet layers and the four-layer net's 3 convolutions
+    assert len(r["layers"]) == 18 and all(row["ratio"] > 0 for row in r["layers"])
+    convs = [row for row in r["layers"] if "conv" in row["layer"]]
+    assert len(convs) == 8 and all(row["gemm_ms"] > 0 and row["floor_ratio"] > 0 for row in convs)
+    assert r["malloc_keeps_freed"] in (True, False) and r["torch_malloc"] == "glibc"
     assert r["memory_mib"]["ours"] > 0 and r["memory_mib"]["torch"] > 0
     # Without a GPU the CuPy section must say it was skipped.
     if r["cupy"].get("skipped"):
