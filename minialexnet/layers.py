@@ -129,7 +129,7 @@ class Conv2D(Layer):
     """
 
     chunk_bytes = 24 << 20
-    keep_columns_bytes = 160 << 20
+    keep_columns_bytes = 128 << 20
     col2im_block_bytes = 1 << 20
     needs_input_grad = True
 
