@@ -23,8 +23,9 @@ README's Performance section); each can be turned off with
    virtual machine).  A ReLU over 16 MB took 15 ms that way instead of 2 ms.
    ``keep_freed_memory()`` asks malloc (through ``mallopt``) to serve every block
    from its heap and never to trim it, so the next step reuses the same pages.
-   The process's resident memory then stays at its high-water mark.  It is a
-   no-op where the C library has no ``mallopt`` (macOS, Windows, musl).
+   The process's resident memory then stays at its high-water mark.  It returns
+   False, changing nothing, where the C library has no usable ``mallopt`` (macOS,
+   Windows).
 """
 
 import ctypes
