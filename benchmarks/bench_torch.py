@@ -76,7 +76,7 @@ import numpy as np  # noqa: E402
 
 from minialexnet import backend, cpu, parallel  # noqa: E402
 from minialexnet.layers import (Conv2D, Dropout, Linear, LocalResponseNorm,  # noqa: E402
-                                MaxPool2D, ReLU, SoftmaxCrossEntropy)
+                                MaxPool2D, ReLU)
 
 import ours_nets  # noqa: E402
 
@@ -143,7 +143,7 @@ def interleaved(fa, fb, repeats, warmup):
     return statistics.median(ta), statistics.median(tb), med_parts(sa), med_parts(sb)
 
 
-def gemm_peak(threads, repeats=5, n=2048):
+def gemm_peak(repeats=5, n=2048):
     """float32 GEMM GFLOP/s through NumPy's BLAS: the machine's practical peak."""
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
     b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
@@ -158,8 +158,8 @@ def gemm_peak(threads, repeats=5, n=2048):
 
 
 # ---------------------------------------------------------------- layer table
-def rnd(shape, seed=0, scale=1.0):
-    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32) * np.float32(scale)
+def rnd(shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
 
 
 def channels_last(a):
@@ -171,7 +171,7 @@ def channels_last(a):
 
 
 def layer_specs(b, tiny=False):
-    """(name, our layer, torch function of (x, params), input shape, needs dx, scale)."""
+    """(name, our layer, torch function of (x, params), input shape, needs dx)."""
     if tiny:
         hw, c1, c2, c3, fc = 67, 8, 8, 8, 64
     else:
@@ -230,25 +230,37 @@ def layer_flops(layer, shape):
 
 
 def gemm_shapes(layer, shape, need_dx):
-    """(M, K, N) of the matrix multiplies one forward + backward of ``layer`` needs."""
+    """The matrix multiplies one forward + backward of ``layer`` runs, as the library
+    runs them: (M, K, N, a_transposed, b_transposed), where a transposed operand is
+    a transposed view (BLAS reads it in place), as in layers.py."""
     if isinstance(layer, Conv2D):
+        n_img, c, h, w = shape
         co, oh, ow = layer.output_shape(shape[1:])
         kh, kw = layer.kernel_size
-        m, k = shape[0] * oh * ow, kh * kw * shape[1]
-        out = [(m, k, co), (k, m, co)]                 # Y = cols W2.T;  dW2.T = cols.T dY
-        return out + ([(m, co, k)] if need_dx else [])  # dcols = dY W2
+        m, k = n_img * oh * ow, kh * kw * c
+        out = [(m, k, co, False, True),        # Y = cols @ W2.T
+               (k, m, co, True, False)]        # dW2.T = cols.T @ dY
+        if need_dx and layer._transposed_ok():  # dx = cols(dY) @ flipped W
+            out.append((n_img * h * w, kh * kw * co, c, False, False))
+        elif need_dx:                          # dcols = dY @ W2, then col2im
+            out.append((m, co, k, False, False))
+        return out
     if isinstance(layer, Linear):
         m, k, n = shape[0], layer.in_features, layer.out_features
-        return [(m, k, n), (n, m, k)] + ([(m, n, k)] if need_dx else [])
+        out = [(m, k, n, False, True),         # y = x @ W.T
+               (n, m, k, True, False)]         # dW = dy.T @ x
+        return out + ([(m, n, k, False, False)] if need_dx else [])   # dx = dy @ W
     return []
 
 
 def gemm_floor(layer, shape, need_dx, repeats):
     """Seconds of the layer's matrix multiplies alone, on random operands of the same
-    shapes (median of ``repeats``): what no im2col trick can get below."""
+    shapes and memory order (median of ``repeats``): what no im2col trick can get below."""
     total = 0.0
-    for m, k, n in gemm_shapes(layer, shape, need_dx):
-        a, b, c = rnd((m, k)), rnd((k, n), seed=1), np.empty((m, n), np.float32)
+    for m, k, n, ta, tb in gemm_shapes(layer, shape, need_dx):
+        a = rnd((k, m)).T if ta else rnd((m, k))
+        b = rnd((n, k), seed=1).T if tb else rnd((k, n), seed=1)
+        c = np.empty((m, n), np.float32)
         np.matmul(a, b, out=c)
         times = []
         for _ in range(max(1, repeats)):
@@ -317,8 +329,9 @@ def run_layers(args, peak):
 
         ta, tb, pa, pb = interleaved(ours, theirs, args.repeats, args.warmup)
         fl = layer_flops(layer, shape)
-        gf = 3 * fl / ta / 1e9 if fl else None
+        gf = (2 + need_dx) * fl / ta / 1e9 if fl else None   # forward, dW, dx
         ratio = ta / tb
+        time.sleep(SETTLE_S)          # torch's idle threads must not slow the GEMMs
         floor = gemm_floor(layer, shape, need_dx, args.repeats) if fl else None
         rows.append({"layer": name, "ours_fwd_ms": pa["fwd"] * 1e3, "ours_bwd_ms": pa["bwd"] * 1e3,
                      "torch_fwd_ms": pb["fwd"] * 1e3, "torch_bwd_ms": pb["bwd"] * 1e3,
@@ -365,8 +378,7 @@ def run_nets(args, peak):
         arch = "alexnet" if name == "alexnet-infer" else name
         classes = 10 if px <= 32 else (1000 if not args.tiny else 10)
         ours = ours_nets.Step(arch, b, px, classes, train=train, tiny=args.tiny)
-        theirs = torch_nets.Step(arch, b, px, classes, train=train, tiny=args.tiny,
-                                 params=ours.params_nchw())
+        theirs = torch_nets.Step(arch, b, px, classes, train=train, tiny=args.tiny)
         ta, tb, _, _ = interleaved(ours, theirs, args.repeats, args.warmup)
         flops = ours.flops()
         r = {"network": name, "batch": b, "px": px, "ours_ms": ta * 1e3, "torch_ms": tb * 1e3,
@@ -471,7 +483,7 @@ def main(args):
                "date": time.strftime("%Y-%m-%d %H:%M %Z"),
                "blas_sleeps_when_idle": cpu.BLAS_SLEEPS_WHEN_IDLE,
                "malloc_keeps_freed": cpu.keep_freed_memory(), "torch_malloc": args.torch_malloc}
-    peak = gemm_peak(args.threads, repeats=1 if args.tiny else 5, n=256 if args.tiny else 2048)
+    peak = gemm_peak(repeats=1 if args.tiny else 5, n=256 if args.tiny else 2048)
     results["gemm_peak_gflops"] = peak
     print(f"float32 GEMM peak (NumPy BLAS, {args.threads} threads): {peak:.0f} GFLOP/s")
     if "nets" in sections:

@@ -18,8 +18,7 @@ class Step:
     """Callable: one training step (or one inference pass) of ``arch`` at batch ``b``."""
 
     def __init__(self, arch, b, px, classes, train=True, tiny=False, **kw):
-        backend.use(backend.current().name if backend._current else "numpy", seed=0)
-        xp = backend.xp()
+        backend.seed(0)                  # the caller chose the backend (and devices)
         self.model = make_model(arch, px, classes, tiny, **kw)
         self.train = train
         if not train:
@@ -30,15 +29,16 @@ class Step:
         self.loss = SoftmaxCrossEntropy()
         self.opt = SGD(self.model, lr=0.01, momentum=0.9, weight_decay=5e-4)
         self.b = b
-        self.xp = xp
 
     def flops(self):
-        """Multiply-adds x 2 per image (forward), x 3 for a training step, x batch."""
-        fwd = self.model.summary().totals["flops"]     # 2 x multiply-adds, per image
-        return (3 if self.train else 1) * fwd * self.b
-
-    def params_nchw(self):
-        return None
+        """2 x multiply-adds of one step, whole batch: forward, and for training twice
+        that again (dW and dx) except the image's dx, which training skips."""
+        rows = self.model.summary().rows                # per image
+        fwd = sum(r["flops"] for r in rows)
+        if not self.train:
+            return fwd * self.b
+        first = {layer.name for layer in self.model._input_layers()}
+        return (3 * fwd - sum(r["flops"] for r in rows if r["layer"] in first)) * self.b
 
     def __call__(self):
         logits = self.model.forward(self.x)

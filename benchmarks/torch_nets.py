@@ -85,7 +85,7 @@ class Net:
 class Step:
     """Callable: one training step (or one inference pass) of ``arch`` at batch ``b``."""
 
-    def __init__(self, arch, b, px, classes, train=True, tiny=False, params=None):
+    def __init__(self, arch, b, px, classes, train=True, tiny=False):
         self.net = Net(arch, classes, tiny)
         self.train = train
         g = torch.Generator().manual_seed(0)

@@ -84,9 +84,7 @@ def keep_freed_memory():
     """
     global _kept
     if _kept is None:
-        mallopt = _libc_mallopt()
-        _kept = bool(mallopt and mallopt(_M_MMAP_MAX, 0)
-                     and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+        _kept = malloc_mode("kept")
     return _kept
 
 

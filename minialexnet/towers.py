@@ -116,6 +116,9 @@ class TowerLayer(Step):
                 self.layers.append(make())
         for i, layer in enumerate(self.layers):
             layer.name = self.prefix(i)
+        self._shared = None      # the SharedInputConvs, made on first use
+        #: The SharedInputConvs the last forward ran through, or None (towers apart).
+        self.stacked = None
 
     def prefix(self, i):
         return self.name if len(self.devices) == 1 else f"{self.name}.tower{i}"
@@ -140,18 +143,19 @@ class TowerLayer(Step):
                 and all(x is xs[0] for x in xs[1:]) and len(set(self.devices)) == 1)
 
     def forward(self, xs):
-        self._fused = None
+        self.stacked = None
         if self._shares_input(xs):
-            self._fused = getattr(self, "_shared", None) or SharedInputConvs(self.layers)
-            self._shared = self._fused
+            if self._shared is None:
+                self._shared = SharedInputConvs(self.layers)
+            self.stacked = self._shared
             with backend.device(self.devices[0]):
-                return self._fused.forward(xs[0])
+                return self.stacked.forward(xs[0])
         return self._each_tower("forward", xs)
 
     def backward(self, dys):
-        if self._fused is not None:
+        if self.stacked is not None:
             with backend.device(self.devices[0]):
-                return self._fused.backward(dys)
+                return self.stacked.backward(dys)
         return self._each_tower("backward", dys)
 
 

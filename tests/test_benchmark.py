@@ -41,3 +41,21 @@ def test_benchmark_runs_at_a_tiny_size(tmp_path):
     # Without a GPU the CuPy section must say it was skipped.
     if r["cupy"].get("skipped"):
         assert "skipped" in text.split("## CuPy")[1]
+
+
+def test_gemm_floor_times_the_library_s_matrix_multiplies():
+    """The GEMMs the floor times do exactly the layer's arithmetic (forward, dW and
+    dx when needed), and each conv's dx GEMM is the one its backward picks."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_torch as bt
+    bt.import_torch()
+    for name, layer, _, shape, need_dx in bt.layer_specs(2, tiny=True) + bt.fournet_layer_specs(True):
+        fl = bt.layer_flops(layer, shape)
+        gemms = bt.gemm_shapes(layer, shape, need_dx)
+        assert sum(2 * m * k * n for m, k, n, _, _ in gemms) == (2 + need_dx) * fl, name
+        if fl:
+            assert bt.gemm_floor(layer, shape, need_dx, repeats=1) > 0, name
+    conv = bt.Conv2D(8, 4, 3, 1, 1)                    # C_out <= C_in: transposed dx
+    assert bt.gemm_shapes(conv, (2, 8, 5, 5), True)[2][:3] == (50, 36, 8)
+    conv.dx_method = "col2im"
+    assert bt.gemm_shapes(conv, (2, 8, 5, 5), True)[2][:3] == (50, 4, 72)

@@ -50,6 +50,35 @@ def test_keep_freed_memory_is_idempotent_and_harmless():
     assert backend.np.ones((1 << 22,), dtype=backend.np.float32).sum() == 1 << 22
 
 
+# How much resident memory a process gets back when it frees a touched 200 MB array.
+GIVEN_BACK = ("import sys, minialexnet, numpy as np; from minialexnet import cpu\n"
+              "if len(sys.argv) > 1: cpu.malloc_mode(sys.argv[1])\n"
+              "rss = lambda: int([l for l in open('/proc/self/status') "
+              "if l.startswith('VmRSS')][0].split()[1]) // 1024\n"
+              "a = np.ones(50_000_000, np.float32); before = rss(); del a\n"
+              "print(before - rss())")
+glibc_only = pytest.mark.skipif(not os.path.exists("/proc/self/status")
+                                or not sys.platform.startswith("linux"), reason="glibc only")
+
+
+def given_back_mib(*args, **env):
+    base = {k: v for k, v in os.environ.items() if k != "MINIALEXNET_CPU_TUNING"}
+    out = subprocess.run([sys.executable, "-c", GIVEN_BACK, *args], env=dict(base, **env),
+                         capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[-1])
+
+
+@glibc_only
+def test_freed_memory_is_kept_and_glibc_mode_gives_it_back():
+    from minialexnet import cpu
+    if not cpu.keep_freed_memory():
+        pytest.skip("this C library has no mallopt")
+    assert given_back_mib() < 20                              # kept for the next step
+    assert given_back_mib(MINIALEXNET_CPU_TUNING="0") > 150   # glibc unmaps it
+    assert given_back_mib("glibc") > 150                      # the benchmark's torch side
+    assert given_back_mib("kept") < 20
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
 def test_malloc_setting_survives_a_training_step():
     code = ("import minialexnet; from minialexnet import cpu; from minialexnet.models import "

@@ -69,6 +69,23 @@ def test_conv_paths_agree_and_check(path, cin, cout, k, stride, pad):
     assert_grads_ok(gradcheck(layer, x[:3]))
 
 
+@pytest.mark.parametrize("fwd,bwd", [(False, True), (True, False)])
+def test_conv_chunking_may_change_between_forward_and_backward(fwd, bwd):
+    """Network.backward sets needs_input_grad after forward, and with the transposed
+    dx that changes the chunk size: kept columns must only be used when they fit."""
+    x = rnd(5, 2, 9, 8)
+    ref, layer = Conv2D(2, 6, 3, dtype=np.float64), Conv2D(2, 6, 3, dtype=np.float64)
+    layer.params = {k: v.copy() for k, v in ref.params.items()}
+    layer.dx_method, layer.keep_columns_bytes, layer.chunk_bytes = "transposed", 100_000, 40_000
+    dy = rnd(*ref.forward(x).shape, seed=1)
+    ref.backward(dy)
+    layer.needs_input_grad = fwd
+    layer.forward(x)
+    layer.needs_input_grad = bwd
+    layer.backward(dy)
+    np.testing.assert_allclose(layer.grads["W"], ref.grads["W"], rtol=1e-10)
+
+
 def test_conv_kept_columns_follow_the_last_forward():
     """Two forwards, then backward: the gradient is the second input's."""
     layer, ref = Conv2D(3, 4, 3, padding=1), Conv2D(3, 4, 3, padding=1)

@@ -315,11 +315,11 @@ def test_shared_input_convolutions_are_the_towers_convolutions(monkeypatch, inpu
     dlogits = np.random.default_rng(1).standard_normal((3, 10))
     model = tiny((0, 0), dtype=np.float64).eval()
     fused = _run(model, x, dlogits, input_grad)
-    shared = [s.name for s in model.steps if getattr(s, "_fused", None) is not None]
+    shared = [s.name for s in model.steps if getattr(s, "stacked", None) is not None]
     assert shared == ["conv1", "conv3"]
     monkeypatch.setattr(towers.TowerLayer, "fuse_shared_input", False)
     plain = _run(model, x, dlogits, input_grad)
-    assert not any(getattr(s, "_fused", None) for s in model.steps)
+    assert not any(getattr(s, "stacked", None) for s in model.steps)
     np.testing.assert_allclose(fused[0], plain[0], rtol=1e-12, atol=1e-14)
     if input_grad:
         np.testing.assert_allclose(fused[1], plain[1], rtol=1e-11, atol=1e-14)
@@ -334,4 +334,13 @@ def test_towers_on_two_devices_are_not_fused():
     backend.use(FakeDevices(2))
     model = tiny((0, 1))
     model.forward(on_device(images(), 0))
-    assert not any(getattr(s, "_fused", None) for s in model.steps)
+    assert not any(getattr(s, "stacked", None) for s in model.steps)
+
+
+def test_two_devices_never_stack_even_when_handed_one_array():
+    """On NumPy a transfer returns the very same array: the device check alone
+    keeps towers placed on (0, 1) apart."""
+    backend.use("numpy", seed=0)
+    model = tiny((0, 1))
+    model.forward(images())
+    assert not any(getattr(s, "stacked", None) for s in model.steps)
