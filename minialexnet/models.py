@@ -65,7 +65,7 @@ from .layers import (Conv2D, Dropout, Flatten, Linear, LocalResponseNorm, MaxPoo
 from .towers import Broadcast, Exchange, Gather, OnDevice, TowerLayer
 
 __all__ = ["Network", "AlexNet", "SmallAlexNet", "TorchvisionAlexNet", "FourLayerNet",
-           "build_model", "from_config", "MODELS", "Summary", "StateDictError",
+           "build_model", "from_config", "describe", "MODELS", "Summary", "StateDictError",
            "PAPER_NEURONS", "PAPER_BIAS"]
 
 # The net sees raw, mean-centred RGB values (paper 2), whose standard deviation is about
@@ -299,9 +299,7 @@ class Network:
     @property
     def arch(self):
         """A one-line description of the architecture (used in error messages)."""
-        keys = [k for k in self.config if k not in ("name", "devices", "init_std",
-                                                    "init_bias")]
-        return f"{self.name}(" + ", ".join(f"{k}={self.config[k]}" for k in keys) + ")"
+        return describe(self.config)
 
     def state_dict(self):
         """{name: host NumPy array}: copies of every parameter (for checkpoints)."""
@@ -619,6 +617,15 @@ def build_model(name, **kwargs):
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
     return MODELS[name](**kwargs)
+
+
+def describe(config):
+    """A one-line description of a model ``config`` (a checkpoint's, or ``Network.config``):
+    the architecture, without placement and initialisation."""
+    if not config:
+        return "unknown"
+    keys = [k for k in config if k not in ("name", "devices", "init_std", "init_bias")]
+    return f"{config.get('name', '?')}(" + ", ".join(f"{k}={config[k]}" for k in keys) + ")"
 
 
 def from_config(config, **overrides):

@@ -11,36 +11,31 @@ import sys
 
 from . import backend, data
 from .backend import np
-from .checkpoint import CheckpointError, check_compatible, load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint
 
 
 def load_model(path, device=0):
-    """Rebuild the model a training checkpoint was made with, with its weights.
-    Returns (model, meta, mean image)."""
-    from .train import describe, make_model
+    """Rebuild the model a training checkpoint was made with, with its weights, all
+    its towers on ``device``.  Returns (model, meta, mean image)."""
+    from .models import from_config
+    from .train import load_model_weights
     arrays, meta = load_checkpoint(path)
-    if "config" not in meta or "data.mean" not in arrays:
+    config = meta.get("model_config")
+    if "config" not in meta or not config or "data.mean" not in arrays:
         raise CheckpointError(f"{path}: not a training checkpoint of minialexnet.train")
-    cfg = dict(meta["config"])
-    if cfg.get("devices") is not None:     # evaluate on one device unless asked otherwise
-        cfg["devices"] = [device, device]
-    model = make_model(cfg, len(meta["class_names"]))
-    weights = {k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")}
-    check_compatible(weights, {k: v.shape for k, v in model.state_dict().items()}, path,
-                     saved_arch=describe(meta.get("model_config")), model_arch=describe(model.config))
-    model.load_state_dict(weights)
+    model = from_config(config, devices=(device,) * len(config["devices"]))
+    load_model_weights(model, arrays, meta, path)
     model.eval()
     return model, meta, arrays["data.mean"].astype(np.float32)
 
 
 def predict_files(model, meta, mean, paths, k=5, device=0):
     """[(path, [(class name, probability), ...k]), ...] for image files."""
+    from .train import predict_batches
     cfg = meta["config"]
-    size, crop = cfg["image_size"], cfg["crop"]
-    x = np.stack([data.decode(p, size=size) for p in paths])
-    batch = data.EvalTransform(crop, mean)(x)
-    logits = model.forward(backend.to_device(backend.xp().asarray(batch), device))
-    probs = data.softmax(backend.to_numpy(logits))
+    x = np.stack([data.decode(p, size=cfg["image_size"]) for p in paths])
+    probs = data.softmax(predict_batches(model, x, data.EvalTransform(cfg["crop"], mean),
+                                         device=device))
     names = meta["class_names"]
     out = []
     for p, row in zip(paths, probs):

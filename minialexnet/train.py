@@ -34,8 +34,8 @@ from .backend import np
 from .checkpoint import (CheckpointError, check_compatible, generator_state, load_checkpoint,
                          save_checkpoint, set_generator_state)
 from .layers import ShapeError, SoftmaxCrossEntropy
-from .metrics import ErrorMeter
-from .models import build_model
+from .metrics import ErrorMeter, topk_correct
+from .models import build_model, describe
 from .optim import SGD, ReduceLROnPlateau, StepLR
 
 __all__ = ["Trainer", "TrainingDiverged", "evaluate", "predict_batches", "default_config",
@@ -134,6 +134,15 @@ def evaluate(model, dataset, crop, mean=None, batch_size=256, ten_crop=False, de
 
 
 # ---------------------------------------------------------------- the trainer
+def load_model_weights(model, arrays, meta, path):
+    """Put a training checkpoint's ``model.*`` arrays into ``model``; a clear
+    CheckpointError if they were saved for another architecture."""
+    weights = {k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")}
+    check_compatible(weights, {k: v.shape for k, v in model.state_dict().items()}, path,
+                     saved_arch=describe(meta.get("model_config")), model_arch=model.arch)
+    model.load_state_dict(weights)
+
+
 class Trainer:
     """Runs epochs of SGD on a model and keeps everything needed to resume.
 
@@ -229,7 +238,7 @@ class Trainer:
                 st["wait"] += loader.wait_time - waited
                 t_last, waited = now, loader.wait_time
                 st["loss_sum"] += loss * len(y)
-                st["correct"] += int((backend.to_numpy(logits).argmax(1) == y).sum())
+                st["correct"] += int(topk_correct(logits, y, 1).sum())   # ties count as wrong, as in val
                 st["seen"] += len(y)
                 if bar is not None:
                     bar.update(1)
@@ -327,11 +336,7 @@ class Trainer:
     def load(self, path):
         """Restore a checkpoint written by ``save`` (same architecture)."""
         arrays, meta = load_checkpoint(path)
-        model_arrays = {k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")}
-        check_compatible(model_arrays, {k: v.shape for k, v in self.model.state_dict().items()},
-                         path, saved_arch=describe(meta.get("model_config")),
-                         model_arch=describe(self.model.config))
-        self.model.load_state_dict(model_arrays)
+        load_model_weights(self.model, arrays, meta, path)
         optim_arrays = {k[len("optim."):]: v for k, v in arrays.items() if k.startswith("optim.")}
         self.optimizer.load_state_dict({**meta["optimizer"], "velocity": optim_arrays})
         if self.schedule:
@@ -358,15 +363,6 @@ def make_schedule(cfg, optimizer):
     if cfg["schedule"] == "none":
         return None
     raise ValueError(f"unknown schedule {cfg['schedule']!r}: plateau, step or none")
-
-
-def describe(model_config):
-    """A short human name for a model config, for error messages."""
-    if not model_config:
-        return "unknown"
-    name = model_config.get("name", "?")
-    rest = ", ".join(f"{k}={v}" for k, v in model_config.items() if k != "name")
-    return f"{name}({rest})"
 
 
 # ---------------------------------------------------------------- command line

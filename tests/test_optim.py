@@ -20,8 +20,10 @@ def rnd(*shape, seed=0):
 
 
 @pytest.mark.parametrize("block", [None, 7, "auto"])
-def test_sgd_is_the_papers_update(block):
-    w0 = {"a.W": rnd(5, 4), "a.b": rnd(5, seed=1)}
+def test_sgd_is_the_papers_update(block, monkeypatch):
+    from minialexnet import parallel
+    monkeypatch.setattr(parallel, "_threads", 2)   # c.W with block 7: 23 blocks, threaded
+    w0 = {"a.W": rnd(5, 4), "a.b": rnd(5, seed=1), "c.W": rnd(20, 8, seed=2)}
     params = {k: v.copy() for k, v in w0.items()}
     opt = SGD(params, lr=0.01, momentum=0.9, weight_decay=0.0005, block=block)
     w = {k: v.astype(np.float64) for k, v in w0.items()}

@@ -10,7 +10,10 @@ from PIL import Image
 from minialexnet import backend, train
 from minialexnet.checkpoint import CheckpointError, load_checkpoint
 from minialexnet.evaluate import main as evaluate_main
+from minialexnet import data
+from minialexnet.predict import load_model, predict_files
 from minialexnet.predict import main as predict_main
+from minialexnet.train import predict_batches
 
 TINY = dict(dataset="synthetic", n_train=128, n_val=64, batch_size=32, model="fournet",
             epochs=2, progress=False, workers=1, checkpoint_every=0)
@@ -47,12 +50,14 @@ def test_run_writes_metrics_curves_and_checkpoint(tmp_path):
     assert meta["epoch"] == 2 and meta["step"] == 8 and meta["config"]["model"] == "fournet"
 
 
-def test_resume_is_bit_identical_to_a_straight_run(tmp_path):
+@pytest.mark.parametrize("stop", [3, 4])
+def test_resume_is_bit_identical_to_a_straight_run(tmp_path, stop):
     # 4 steps per epoch: stopping at 3 and resuming to 7 crosses an epoch boundary
-    # (with its evaluation and schedule step) and uses dropout, shuffling and crops.
+    # (with its evaluation and schedule step) and uses dropout, shuffling and crops;
+    # stopping at 4 stops exactly at an epoch's end.
     straight = cfg(tmp_path / "a", model="small-alexnet", max_steps=7, epochs=5)
     train.run(straight, log=lambda *a: None)
-    first = cfg(tmp_path / "b", model="small-alexnet", max_steps=3, epochs=5)
+    first = cfg(tmp_path / "b", model="small-alexnet", max_steps=stop, epochs=5)
     train.run(first, log=lambda *a: None)
     resumed = cfg(tmp_path / "b", model="small-alexnet", max_steps=7, epochs=5, resume=True)
     train.run(resumed, log=lambda *a: None)
@@ -63,6 +68,7 @@ def test_resume_is_bit_identical_to_a_straight_run(tmp_path):
     for k in wa:
         np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
     # Timings differ between the runs; everything the model computed must not.
+    assert [r["epoch"] for r in mb["history"]] == [r["epoch"] for r in ma["history"]] == [1]
     for key in ("train_loss", "train_error", "val_top1", "val_top5", "lr"):
         assert [r[key] for r in ma["history"]] == [r[key] for r in mb["history"]], key
 
@@ -163,3 +169,56 @@ def test_cli_defaults_follow_the_paper_except_for_small_nets():
     assert small["model_kwargs"] == {"init_std": "fan-in", "init_bias": {}}
     mine = train.parse_args(["--lr", "0.02", "--model-kwargs", '{"init_std": 0.01}'])
     assert mine["lr"] == 0.02 and mine["model_kwargs"]["init_std"] == 0.01
+
+
+@pytest.mark.parametrize("model,devices", [("fournet", [0]), ("small-alexnet", [0, 0])])
+def test_tools_load_a_model_trained_with_devices(tmp_path, model, devices):
+    """Any tower count, trained with --devices: evaluate/predict place every tower on
+    the one device they are given."""
+    t = train.run(cfg(tmp_path, epochs=1, model=model, devices=devices), log=lambda *a: None)
+    backend.use("numpy")
+    loaded, meta, mean = load_model(t.last_good_checkpoint)
+    assert loaded.devices == (0,) * len(devices)
+    x = t.val_set.x[:5]
+    want = predict_batches(t.model, x, data.EvalTransform(meta["config"]["crop"], mean))
+    got = predict_batches(loaded, x, data.EvalTransform(meta["config"]["crop"], mean))
+    np.testing.assert_array_equal(got, want)
+
+
+def test_predict_lists_the_most_probable_classes_first(tmp_path):
+    t = train.run(cfg(tmp_path, epochs=1), log=lambda *a: None)
+    model, meta, mean = load_model(t.last_good_checkpoint)
+    paths = []
+    for i in range(3):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(t.val_set.x[i]).save(paths[-1])
+    got = predict_files(model, meta, mean, paths, k=3)
+    x = np.stack([data.decode(p, size=meta["config"]["image_size"]) for p in paths])
+    probs = data.softmax(predict_batches(model, x, data.EvalTransform(meta["config"]["crop"], mean)))
+    for (path, top), row in zip(got, probs):
+        order = np.argsort(-row)[:3]
+        assert [name for name, _ in top] == [meta["class_names"][i] for i in order]
+        np.testing.assert_allclose([p for _, p in top], row[order], rtol=1e-6)
+        assert top[0][1] >= top[1][1] >= top[2][1]
+
+
+def test_ten_crop_evaluation_averages_the_ten_crops_softmax(tmp_path, monkeypatch):
+    from minialexnet.metrics import topk_correct
+    t = train.run(cfg(tmp_path, epochs=1), log=lambda *a: None)
+    crop, mean = t.cfg["crop"], t.mean
+    seen = []
+    real = data.ten_crop_predict
+
+    def spy(predict, x, size, m=None, logits=True):
+        seen.append(real(predict, x, size, m, logits))
+        return seen[-1]
+    monkeypatch.setattr(data, "ten_crop_predict", spy)
+    got = train.evaluate(t.model, t.val_set, crop, mean, ten_crop=True)
+    assert len(seen) == 1
+    # By hand: the softmax of each of the ten crops, averaged.
+    t.model.eval()
+    probs = np.mean([data.softmax(backend.to_numpy(t.model.forward(c)).astype(np.float64))
+                     for c in data.ten_crop(t.val_set.x, crop, mean)], axis=0)
+    np.testing.assert_allclose(seen[0], probs, rtol=1e-5, atol=1e-7)
+    assert got["top1"] == pytest.approx(1 - topk_correct(seen[0], t.val_set.y, 1).mean())
+    assert got["top5"] == pytest.approx(1 - topk_correct(seen[0], t.val_set.y, 5).mean())
