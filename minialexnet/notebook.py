@@ -31,7 +31,8 @@ def pick(full, fast):
 
 
 def chapter_data_dir():
-    """$MINIALEXNET_DATA if set, else the repository's ``data/`` folder."""
+    """$MINIALEXNET_DATA if set, else the repository's ``data/`` folder (not
+    ``data.data_dir``'s ./data: a chapter runs with chapters/ as its folder)."""
     return os.environ.get("MINIALEXNET_DATA") or str(pathlib.Path(__file__).resolve().parents[1] / "data")
 
 
@@ -76,10 +77,7 @@ def results_table(rows):
 
     rows: dicts with keys "claim", "paper", "measured", "data", "time", "why".
     """
-    head = "| claim | paper | measured here | data | time | why they differ |\n|---|---|---|---|---|---|\n"
-    body = "".join(f"| {r['claim']} | {r['paper']} | {r['measured']} | {r['data']} | "
-                   f"{r['time']} | {r['why']} |\n" for r in rows)
-    text = head + body
+    text = _markdown_table([[r[k] for k in ROW_KEYS] for r in rows])
     try:
         from IPython.display import Markdown, display
         display(Markdown(text))
@@ -96,11 +94,20 @@ def collect_results(folder):
     collect_results; print(collect_results('chapters/results'))"
     """
     import json
-    lines = ["| chapter | claim | paper | measured here | data | time | why they differ |",
-             "|---|---|---|---|---|---|---|"]
-    for path in sorted(pathlib.Path(folder).glob("[0-9][0-9]_*.json")):
-        for r in json.loads(path.read_text()):
-            cells = [path.stem] + [str(r.get(k, "")) for k in
-                                   ("claim", "paper", "measured", "data", "time", "why")]
-            lines.append("| " + " | ".join(c.replace("|", "/").replace("\n", " ") for c in cells) + " |")
+    cells = [[path.stem] + [r.get(k, "") for k in ROW_KEYS]
+             for path in sorted(pathlib.Path(folder).glob("[0-9][0-9]_*.json"))
+             for r in json.loads(path.read_text())]
+    return _markdown_table(cells, first="chapter")
+
+
+ROW_KEYS = ("claim", "paper", "measured", "data", "time", "why")
+_HEADS = ("claim", "paper", "measured here", "data", "time", "why they differ")
+
+
+def _markdown_table(cells, first=None):
+    """The paper-vs-measured table as Markdown; ``first``: an extra leading column."""
+    heads = ((first,) if first else ()) + _HEADS
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    lines += ["| " + " | ".join(str(c).replace("|", "/").replace("\n", " ") for c in row) + " |"
+              for row in cells]
     return "\n".join(lines) + "\n"

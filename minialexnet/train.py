@@ -67,7 +67,7 @@ def default_config(**overrides):
     cfg = dict(
         dataset="synthetic", data_dir=None, n_train=None, n_val=None,
         image_size=None, crop=None, pca=False, flip=True,
-        model="small-alexnet", model_kwargs={}, towers=2,
+        model="small-alexnet", model_kwargs={},
         epochs=6, batch_size=128, lr=0.01, momentum=0.9, weight_decay=0.0005,
         schedule="plateau", patience=2, max_reductions=3, step_epochs=30,
         seed=0, backend="numpy", devices=None, out="runs/latest", resume=False,
@@ -333,9 +333,10 @@ class Trainer:
         self.last_good_checkpoint = path
         return path
 
-    def load(self, path):
-        """Restore a checkpoint written by ``save`` (same architecture)."""
-        arrays, meta = load_checkpoint(path)
+    def load(self, path, loaded=None):
+        """Restore a checkpoint written by ``save`` (same architecture); ``loaded``:
+        its (arrays, meta) if the caller has already read it."""
+        arrays, meta = loaded or load_checkpoint(path)
         load_model_weights(self.model, arrays, meta, path)
         optim_arrays = {k[len("optim."):]: v for k, v in arrays.items() if k.startswith("optim.")}
         self.optimizer.load_state_dict({**meta["optimizer"], "velocity": optim_arrays})
@@ -441,7 +442,8 @@ def run(cfg, log=print):
     if cfg["resume"]:
         if not ckpt or not os.path.exists(ckpt):
             raise CheckpointError(f"{ckpt}: nothing to resume (no checkpoint in --out {cfg['out']})")
-        saved = load_checkpoint(ckpt)[1]["config"]
+        loaded = load_checkpoint(ckpt)          # read once: AlexNet's is 0.5 GB
+        saved = loaded[1]["config"]
         # The saved run defines the data and model; this call may extend epochs/steps.
         keep = {k: cfg[k] for k in ("epochs", "max_steps", "resume", "progress", "workers")}
         cfg = {**saved, **keep}
@@ -450,7 +452,7 @@ def run(cfg, log=print):
     model = make_model(cfg, train.num_classes)
     trainer = Trainer(model, train, val, mean, cfg, pca=pca, log=log)
     if cfg["resume"]:
-        trainer.load(ckpt)
+        trainer.load(ckpt, loaded)
         log(f"resumed {ckpt} at epoch {trainer.epoch}, step {trainer.step}")
     log(f"{cfg['model']} on {train!r}; validating on {len(val)} images; backend "
         f"{cfg['backend']}, devices {cfg['devices'] or [0]}; run directory {cfg['out']}")
