@@ -41,6 +41,10 @@ class Backend:
     ``permutation`` or ``choice``).
     """
 
+    # What the backend offers for training across processes: the NCCL module (None
+    # here: host arrays travel over MPI; see distributed.py).
+    nccl = None
+
     def __init__(self, name, xp, seed=0):
         self.name = name
         self.xp = xp
@@ -84,11 +88,29 @@ class Backend:
 
 
 class CupyBackend(Backend):
-    """CuPy on one or more NVIDIA GPUs; devices are ``cupy.cuda.Device(i)``."""
+    """CuPy on one or more NVIDIA GPUs; device i is ``cupy.cuda.Device(i + offset)``.
 
-    def __init__(self, cupy, seed=0):
+    ``offset`` (default 0) shifts every device index: a rank of a distributed run
+    that places its towers on "devices 0, 1" really uses GPUs offset and offset + 1
+    (``distributed.py``), while its model, config and checkpoint say 0, 1 like every
+    other rank's.  The first of them is made CUDA's current device.
+    """
+
+    def __init__(self, cupy, seed=0, offset=0):
         self._cupy = cupy
+        self.offset = int(offset)
         super().__init__("cupy", cupy, seed)
+        if self.offset:
+            cupy.cuda.Device(self.offset).use()
+
+    @property
+    def nccl(self):
+        """``cupy.cuda.nccl`` when CuPy found the NCCL library, else None."""
+        try:
+            from cupy.cuda import nccl
+        except ImportError:
+            return None
+        return nccl if getattr(nccl, "available", False) else None
 
     # A CuPy Generator's state lives on the GPU that was current when it was made,
     # and CuPy refuses to use it under another device ("This Generator state has
@@ -105,25 +127,28 @@ class CupyBackend(Backend):
         gen = self._rngs.get(i)
         if gen is None:
             with self._cupy.cuda.Device(i):
+                # Seeded by the index the model knows (i - offset), so every rank
+                # draws what one process would.
                 gen = self._rngs[i] = self._cupy.random.default_rng(
-                    self._seed + i * 1000003)
+                    self._seed + (i - self.offset) * 1000003)
         return gen
 
     def device(self, i):
         self._check_index(i)
-        return self._cupy.cuda.Device(i)
+        return self._cupy.cuda.Device(int(i) + self.offset)
 
     def device_count(self):
         return self._cupy.cuda.runtime.getDeviceCount()
 
     def device_of(self, x):
-        return x.device.id
+        return x.device.id - self.offset
 
     def _check_index(self, i):
         n = self.device_count()
-        if not 0 <= int(i) < n:
+        if not 0 <= int(i) + self.offset < n or int(i) < 0:
+            shifted = f" (GPU {int(i) + self.offset} for this rank)" if self.offset else ""
             raise BackendError(
-                f"cupy backend: device {i} does not exist (this machine has {n} GPU"
+                f"cupy backend: device {i}{shifted} does not exist (this machine has {n} GPU"
                 f"{'s' if n != 1 else ''}: 0..{n - 1})")
 
     def to_device(self, x, i):
@@ -140,7 +165,7 @@ class CupyBackend(Backend):
                 self._cupy.cuda.Device(i).synchronize()
 
 
-def _make_cupy(seed, devices=None):
+def _make_cupy(seed, devices=None, offset=0):
     """Import CuPy and prove it can run, or fail with one line saying why."""
     try:
         import cupy
@@ -154,7 +179,11 @@ def _make_cupy(seed, devices=None):
         raise BackendError(f"cupy backend: no usable GPU ({e})") from None
     if n == 0:
         raise BackendError("cupy backend: CUDA reports no GPU on this machine")
-    b = CupyBackend(cupy, seed)
+    if not 0 <= offset < n:
+        raise BackendError(f"cupy backend: this rank's first GPU would be {offset}, but "
+                           f"this machine has {n} GPU{'s' if n != 1 else ''}: 0..{n - 1} "
+                           "(more ranks on this machine than GPUs for them?)")
+    b = CupyBackend(cupy, seed, offset)
     for i in devices or ():
         b._check_index(i)
     return b
@@ -163,12 +192,14 @@ def _make_cupy(seed, devices=None):
 _current = None
 
 
-def use(name="numpy", seed=0, devices=None):
+def use(name="numpy", seed=0, devices=None, device_offset=0):
     """Switch the backend for all of minialexnet and return it.
 
     ``name`` is "numpy", "cupy", or a ready ``Backend`` instance (tests use this
     to plug in a recording or fake-device backend).  ``devices`` lists the
     device indices the caller will use; a missing one fails here, at once.
+    ``device_offset``: CuPy's device i is GPU i + offset (a rank of a distributed
+    run; NumPy has one device and ignores it).
     """
     global _current
     if isinstance(name, Backend):
@@ -179,7 +210,7 @@ def use(name="numpy", seed=0, devices=None):
             raise BackendError(f"numpy backend: there is only device 0 (the CPU), not {bad}")
         _current = Backend("numpy", np, seed)
     elif name == "cupy":
-        _current = _make_cupy(seed, devices)
+        _current = _make_cupy(seed, devices, int(device_offset))
     else:
         raise BackendError(f"unknown backend {name!r}: expected 'numpy' or 'cupy'")
     return _current

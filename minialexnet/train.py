@@ -22,14 +22,16 @@ The same ``Trainer`` drives the chapters' experiments in Python.
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import os
+import platform
 import signal
 import sys
 import time
 
-from . import backend, data
+from . import backend, data, distributed
 from .backend import np
 from .checkpoint import (CheckpointError, check_compatible, generator_state, load_checkpoint,
                          save_checkpoint, set_generator_state)
@@ -44,6 +46,11 @@ __all__ = ["Trainer", "TrainingDiverged", "evaluate", "predict_batches", "defaul
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+# The user's mistakes: one line ``error: ...`` and exit code 2, never a traceback.
+USER_ERRORS = (data.DataError, CheckpointError, backend.BackendError, ShapeError, ValueError,
+               distributed.DistributedError)
 
 
 # ---------------------------------------------------------------- configuration
@@ -72,6 +79,7 @@ def default_config(**overrides):
         schedule="plateau", patience=2, max_reductions=3, step_epochs=30,
         seed=0, backend="numpy", devices=None, out="runs/latest", resume=False,
         max_steps=None, checkpoint_every=200, workers=2, progress=True,
+        distributed=None, rank_timeout=distributed.DEFAULT_TIMEOUT,
     )
     unknown = set(overrides) - set(cfg)
     if unknown:
@@ -108,16 +116,21 @@ def predict_batches(model, x, transform=None, batch_size=256, device=0):
     try:
         for i in range(0, len(x), batch_size):
             xb = x[i:i + batch_size] if transform is None else transform(x[i:i + batch_size])
-            xb = backend.to_device(backend.xp().asarray(xb), device)
+            xb = backend.to_device(backend.xp().asarray(xb, dtype=model.dtype), device)
             out.append(backend.to_numpy(model.forward(xb)))
     finally:
         model.train(was_training)
     return np.concatenate(out).astype(np.float32)
 
 
-def evaluate(model, dataset, crop, mean=None, batch_size=256, ten_crop=False, device=0):
+def evaluate(model, dataset, crop, mean=None, batch_size=256, ten_crop=False, device=0,
+             comm=None):
     """Top-1 and top-5 error on ``dataset``: the centre crop, or the paper's ten-crop
-    test (four corners, centre and their mirror images, softmax averaged; 4.1)."""
+    test (four corners, centre and their mirror images, softmax averaged; 4.1).
+    ``comm`` (distributed): each rank evaluates its share and the counts are summed."""
+    if comm is not None and comm.size > 1:
+        lo, hi = comm.shard(len(dataset))
+        dataset = dataclasses.replace(dataset, x=_rows(dataset.x, lo, hi), y=dataset.y[lo:hi])
     if ten_crop:
         def predict(x):
             return predict_batches(model, x, None, batch_size, device)
@@ -129,8 +142,18 @@ def evaluate(model, dataset, crop, mean=None, batch_size=256, ten_crop=False, de
         scores = predict_batches(model, dataset.x, data.EvalTransform(crop, mean), batch_size, device)
     meter = ErrorMeter()
     meter.update(scores, dataset.y)
+    if comm is not None and comm.size > 1:
+        count, *correct = comm.sum_numbers([meter.count] + [meter.correct[k] for k in meter.ks])
+        meter.count, meter.correct = int(count), {k: int(c) for k, c in zip(meter.ks, correct)}
     e = meter.errors()
     return {"top1": e[1], "top5": e[5]}
+
+
+def _rows(x, lo, hi):
+    """Rows lo..hi of images x: a view of an array; of lazy files, the files' slice."""
+    if isinstance(x, np.ndarray):
+        return x[lo:hi]
+    return type(x)(x.paths[lo:hi], x.size, getattr(x, "threads", None))
 
 
 # ---------------------------------------------------------------- the trainer
@@ -151,9 +174,11 @@ class Trainer:
     ``history`` is a list of per-epoch dicts (loss, errors, lr, seconds, images/s).
     """
 
-    def __init__(self, model, train, val, mean, cfg, pca=None, log=print):
+    def __init__(self, model, train, val, mean, cfg, pca=None, log=print, comm=None):
         self.model, self.train_set, self.val_set, self.mean, self.cfg = model, train, val, mean, cfg
         self.log = log
+        # Distributed (issue 13): the ranks' communicator; one process by default.
+        self.comm = comm or distributed.Communicator()
         self.device = int((cfg["devices"] or [0])[0])
         self.criterion = SoftmaxCrossEntropy()
         self.optimizer = SGD(model.params(), lr=cfg["lr"], momentum=cfg["momentum"],
@@ -162,8 +187,10 @@ class Trainer:
         self.loader = data.Loader(
             train.x, train.y, cfg["batch_size"],
             data.TrainTransform(cfg["crop"], mean, flip=cfg["flip"], pca=pca),
-            seed=cfg["seed"], shuffle=True, drop_last=True, workers=cfg["workers"])
+            seed=cfg["seed"], shuffle=True, drop_last=True, workers=cfg["workers"],
+            shard=(self.comm.rank, self.comm.size))
         self.epoch, self.step, self.history = 0, 0, []
+        self.stop_agreed = False
         self.last_good_checkpoint = None
         self._epoch_stats = self._fresh_stats()
 
@@ -174,13 +201,16 @@ class Trainer:
     # ------------------------------------------------------------ one step
     def train_step(self, x, y):
         """Forward, backward and the SGD update for one batch; returns (loss, logits)."""
-        x = backend.to_device(backend.xp().asarray(x), self.device)
+        # In the model's dtype: a float64 net (gradient checks, tests) computes in float64.
+        x = backend.to_device(backend.xp().asarray(x, dtype=self.model.dtype), self.device)
         y = backend.to_device(backend.xp().asarray(y), self.device)
         logits = self.model.forward(x)
         loss = self.criterion.forward(logits, y)
         # Training never needs dL/d(image): skip conv1's most expensive product.
         self.model.backward(self.criterion.backward(), input_grad=False)
-        self.optimizer.step(self.model.grads())
+        grads = self.model.grads()
+        self.comm.allreduce_mean(grads.values())   # distributed: the ranks' mean gradient
+        self.optimizer.step(grads)
         return loss, logits
 
     # ------------------------------------------------------------ epochs
@@ -200,6 +230,8 @@ class Trainer:
                     row = self._end_epoch()
                     if on_epoch:
                         on_epoch(row)
+                if self.stop_agreed:        # distributed: Ctrl-C, agreed at a step's end
+                    raise KeyboardInterrupt
         except KeyboardInterrupt:
             path = self.save("interrupted")
             self.log(f"interrupted at epoch {self.epoch + 1}, step {self.step}: "
@@ -210,7 +242,7 @@ class Trainer:
         return self.history
 
     def _progress(self, total, initial):
-        if not self.cfg["progress"]:
+        if not self.cfg["progress"] or not self.comm.is_root:
             return None
         from tqdm.auto import tqdm
         return tqdm(total=total, initial=initial, unit="batch", leave=False,
@@ -226,10 +258,15 @@ class Trainer:
             for x, y in loader:
                 loss, logits = self.train_step(x, y)
                 loss = float(loss)   # one sync per step: we must look at the loss anyway
+                # Distributed: every rank adds its rows' numbers (and its wish to stop)
+                # to the others', so that all log, check and stop on the same values.
+                loss_sum, correct, seen, stop = self.comm.sum_numbers(
+                    [loss * len(y), int(topk_correct(logits, y, 1).sum()), len(y),
+                     self.comm.stop_requested])
                 self.step += 1
-                if not math.isfinite(loss):
+                if not math.isfinite(loss_sum):
                     raise TrainingDiverged(
-                        f"loss became {loss} at step {self.step} (epoch {self.epoch + 1}): "
+                        f"loss became {loss_sum / seen} at step {self.step} (epoch {self.epoch + 1}): "
                         f"try a lower learning rate than --lr {self.optimizer.lr:g}"
                         + (f"; the last good checkpoint is {self.last_good_checkpoint}"
                            if self.last_good_checkpoint else ""))
@@ -237,9 +274,9 @@ class Trainer:
                 st["seconds"] += now - t_last
                 st["wait"] += loader.wait_time - waited
                 t_last, waited = now, loader.wait_time
-                st["loss_sum"] += loss * len(y)
-                st["correct"] += int(topk_correct(logits, y, 1).sum())   # ties count as wrong, as in val
-                st["seen"] += len(y)
+                st["loss_sum"] += loss_sum
+                st["correct"] += int(correct)   # ties count as wrong, as in val
+                st["seen"] += int(seen)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{st['loss_sum'] / st['seen']:.3f}",
@@ -249,6 +286,9 @@ class Trainer:
                 if every and self.cfg["out"] and self.step % every == 0:
                     self.save("periodic")
                 if max_steps and self.step >= max_steps:
+                    break
+                if stop:
+                    self.stop_agreed = True
                     break
         finally:
             if bar is not None:
@@ -260,7 +300,8 @@ class Trainer:
     def _end_epoch(self):
         st = self._epoch_stats
         t0 = time.perf_counter()
-        val = evaluate(self.model, self.val_set, self.cfg["crop"], self.mean, device=self.device)
+        val = evaluate(self.model, self.val_set, self.cfg["crop"], self.mean, device=self.device,
+                       comm=self.comm)
         row = {
             "epoch": self.epoch + 1, "step": self.step, "lr": self.optimizer.lr,
             "train_loss": st["loss_sum"] / max(st["seen"], 1),
@@ -282,7 +323,8 @@ class Trainer:
                  f"{row['val_top5']:.3f}  lr {row['lr']:g}  {row['images_per_s']:.0f} img/s  "
                  f"waited {row['data_wait_s']:.1f} s for data")
         if self.cfg["out"]:
-            self._write_metrics()
+            if self.comm.is_root:
+                self._write_metrics()
             self.save("epoch")
         return row
 
@@ -326,10 +368,17 @@ class Trainer:
         return arrays, meta
 
     def save(self, why="epoch"):
-        path = self._path("checkpoint.npz")
-        arrays, meta = self.state()
-        meta["saved_because"] = why
-        save_checkpoint(path, arrays, meta)
+        """Write the checkpoint (distributed: every rank calls this; rank 0 writes)."""
+        # Distributed: each rank's random state (dropout), for a resume with as many ranks.
+        rng = generator_state(backend.rng()) if backend.current().name == "numpy" else None
+        rng_ranks = self.comm.allgather_object(rng)
+        path = os.path.join(self.cfg["out"], "checkpoint.npz")
+        if self.comm.is_root:
+            arrays, meta = self.state()
+            meta["saved_because"] = why
+            if self.comm.size > 1:
+                meta["rng_ranks"] = rng_ranks
+            save_checkpoint(self._path("checkpoint.npz"), arrays, meta)
         self.last_good_checkpoint = path
         return path
 
@@ -347,6 +396,8 @@ class Trainer:
         self._epoch_stats = meta.get("epoch_stats") or self._fresh_stats()
         if meta.get("rng") and backend.current().name == "numpy":
             set_generator_state(backend.rng(), meta["rng"])
+        if self.comm.rank > 0:
+            _seed_rank(self.comm, self.cfg["seed"], meta)
         self.last_good_checkpoint = path
         return meta
 
@@ -402,6 +453,13 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint-every", type=int, default=d["checkpoint_every"])
     p.add_argument("--workers", type=int, default=d["workers"], help="data threads")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--distributed", nargs="?", const="auto", choices=["auto", "mpi", "nccl"],
+                   help="data parallel over the ranks of an MPI job (mpiexec -n K ...): "
+                        "--batch-size is the global batch; mpi: host buffers; nccl: "
+                        "CuPy on GPUs; auto (the default): nccl where the backend has it")
+    p.add_argument("--rank-timeout", type=float, default=d["rank_timeout"],
+                   help="seconds to wait for a rank at a collective before naming it "
+                        "and stopping the job (default: %(default)g)")
     a = p.parse_args(argv)
     try:
         devices = [int(s) for s in a.devices.split(",")] if a.devices else None
@@ -423,7 +481,8 @@ def parse_args(argv=None):
         weight_decay=a.weight_decay, schedule=a.schedule, patience=a.patience,
         step_epochs=a.step_epochs, seed=a.seed, backend=a.backend, devices=devices,
         out=a.out, resume=a.resume, max_steps=a.max_steps,
-        checkpoint_every=a.checkpoint_every, workers=a.workers, progress=not a.no_progress)
+        checkpoint_every=a.checkpoint_every, workers=a.workers, progress=not a.no_progress,
+        distributed=a.distributed, rank_timeout=a.rank_timeout)
 
 
 def make_model(cfg, num_classes):
@@ -436,28 +495,101 @@ def make_model(cfg, num_classes):
 
 
 def run(cfg, log=print):
-    """Everything the command does; returns the Trainer (tests call this directly)."""
-    backend.use(cfg["backend"], seed=cfg["seed"], devices=cfg["devices"])
+    """Everything the command does; returns the Trainer (tests call this directly).
+
+    With ``cfg["distributed"]`` every rank of the MPI job runs this: rank 0 alone
+    reads the checkpoint to resume from (and sends it to the others) and writes
+    files and logs; errors at start-up on any rank stop every rank with one line."""
+    comm = distributed.connect(cfg["distributed"], cfg["rank_timeout"])   # issue 13
+    if comm.size > 1:
+        comm.install_stop_handlers()
+        comm.check_same({"minialexnet source": distributed.code_version(), "config": cfg})
+        log = log if comm.is_root else _quiet
     ckpt = os.path.join(cfg["out"], "checkpoint.npz") if cfg["out"] else None
-    if cfg["resume"]:
-        if not ckpt or not os.path.exists(ckpt):
-            raise CheckpointError(f"{ckpt}: nothing to resume (no checkpoint in --out {cfg['out']})")
-        loaded = load_checkpoint(ckpt)          # read once: AlexNet's is 0.5 GB
-        saved = loaded[1]["config"]
+    loaded = comm.together(_read_resume if comm.is_root else _nothing, cfg, ckpt, errors=USER_ERRORS)
+    loaded = comm.broadcast_object(loaded)
+    if loaded:
         # The saved run defines the data and model; this call may extend epochs/steps.
-        keep = {k: cfg[k] for k in ("epochs", "max_steps", "resume", "progress", "workers")}
-        cfg = {**saved, **keep}
-        backend.use(cfg["backend"], seed=cfg["seed"], devices=cfg["devices"])
-    train, val, mean, pca = prepare_data(cfg)
-    model = make_model(cfg, train.num_classes)
-    trainer = Trainer(model, train, val, mean, cfg, pca=pca, log=log)
-    if cfg["resume"]:
+        keep = {k: cfg[k] for k in ("epochs", "max_steps", "resume", "progress", "workers",
+                                    "distributed", "rank_timeout")}
+        cfg = {**loaded[1]["config"], **keep}
+    train, val, mean, pca, model = comm.together(_prepare, cfg, comm, errors=USER_ERRORS)
+    comm = distributed.with_devices(comm, model.devices)    # NCCL where the backend has it
+    if comm.size > 1:
+        comm.check_same(_run_identity(train, val, mean, model))
+    trainer = Trainer(model, train, val, mean, cfg, pca=pca, log=log, comm=comm)
+    if loaded:
         trainer.load(ckpt, loaded)
         log(f"resumed {ckpt} at epoch {trainer.epoch}, step {trainer.step}")
+    elif comm.size > 1:
+        comm.broadcast_arrays(model.params().values())    # rank 0's initial weights
+        if comm.rank > 0:
+            _seed_rank(comm, cfg["seed"], None)
     log(f"{cfg['model']} on {train!r}; validating on {len(val)} images; backend "
         f"{cfg['backend']}, devices {cfg['devices'] or [0]}; run directory {cfg['out']}")
+    if comm.size > 1:
+        log(f"distributed: {comm.describe()}; global batch {cfg['batch_size']} = "
+            f"{comm.size} x {cfg['batch_size'] // comm.size}; " + "; ".join(
+                comm.allgather_object(f"rank {comm.rank} pid {os.getpid()} on "
+                                      f"{platform.node()} GPUs {_gpus(model.devices)}")))
     trainer.run()
     return trainer
+
+
+def _nothing(*args):
+    return None
+
+
+def _read_resume(cfg, ckpt):
+    """(arrays, meta) of the checkpoint to resume from, or None for a fresh run."""
+    if not cfg["resume"]:
+        return None
+    if not ckpt or not os.path.exists(ckpt):
+        raise CheckpointError(f"{ckpt}: nothing to resume (no checkpoint in --out {cfg['out']})")
+    return load_checkpoint(ckpt)          # read once: AlexNet's is 0.5 GB
+
+
+def _prepare(cfg, comm):
+    """Backend, data and model of this rank (distributed: rank r's towers on GPUs shifted
+    by r's place on its machine times the GPUs a rank uses, e.g. 2r, 2r+1)."""
+    offset = comm.local_rank * (max(cfg["devices"] or [0]) + 1)
+    backend.use(cfg["backend"], seed=cfg["seed"], devices=cfg["devices"], device_offset=offset)
+    if cfg["batch_size"] % comm.size:
+        raise ValueError(f"--batch-size {cfg['batch_size']} (the global batch) does not split "
+                         f"into {comm.size} equal shares, one per rank")
+    train, val, mean, pca = prepare_data(cfg)
+    if len(val) < comm.size:
+        raise ValueError(f"{len(val)} validation images cannot be shared by {comm.size} ranks")
+    return train, val, mean, pca, make_model(cfg, train.num_classes)
+
+
+def _run_identity(train, val, mean, model):
+    """What must be equal on every rank beyond the config: data and model."""
+    return {"training data": f"{len(train)} images, classes {train.class_names}",
+            "validation data": f"{len(val)} images",
+            "mean image": distributed.array_digest(mean),
+            "model": {k: v for k, v in model.config.items() if k != "devices"}}
+
+
+def _gpus(devices):
+    b = backend.current()
+    return [int(d) + getattr(b, "offset", 0) for d in devices] if b.name == "cupy" else "none"
+
+
+def _seed_rank(comm, seed, meta):
+    """Rank r > 0's own random stream (its dropout masks differ from rank 0's): the one
+    saved for it when the checkpoint was written by as many ranks, else a fresh one
+    from (seed, rank, step)."""
+    saved = (meta or {}).get("rng_ranks") or []
+    step = (meta or {}).get("step", 0)
+    if len(saved) == comm.size and saved[comm.rank] and backend.current().name == "numpy":
+        set_generator_state(backend.rng(), saved[comm.rank])
+    else:
+        backend.seed(distributed.rank_seed(seed, comm.rank) + step)
+
+
+def _quiet(*args, **kwargs):
+    pass
 
 
 def _interrupt(signum, frame):
@@ -468,17 +600,17 @@ def main(argv=None):
     cfg = parse_args(argv)
     # A SIGTERM (a job scheduler stopping us) is treated like Ctrl-C: save, then exit.
     signal.signal(signal.SIGTERM, _interrupt)
+    # Distributed: rank 0 prints what every rank found; a rank alone with an error
+    # prints it and stops the job (distributed.report).
     try:
         trainer = run(cfg)
     except KeyboardInterrupt:
         return 130
     except TrainingDiverged as e:
-        print(f"stopped: {e}", file=sys.stderr)
-        return 1
-    except (data.DataError, CheckpointError, backend.BackendError, ShapeError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if trainer.history:
+        return distributed.report(f"stopped: {e}", e, 1)
+    except USER_ERRORS as e:
+        return distributed.report(f"error: {e}", e, 2)
+    if trainer.history and trainer.comm.is_root:
         last = trainer.history[-1]
         print(f"done: {trainer.epoch} epochs, {trainer.step} steps; val top-1 error "
               f"{last['val_top1']:.3f}, top-5 {last['val_top5']:.3f}; files in {cfg['out']}")

@@ -11,10 +11,19 @@ Determinism: batch b of epoch e is fully determined by (seed, e, b): the epoch's
 shuffle comes from ``default_rng([seed, e])`` and the batch's augmentation from
 ``default_rng([seed, e, b, 1])``.  So results do not depend on thread timing, and
 ``state_dict()`` = {seed, epoch, position} is all it takes to resume bit-identically.
+
+Sharding (data parallel training over K ranks, ``distributed.py``): with
+``shard=(r, K)`` the loader hands out rows r*B/K .. (r+1)*B/K of exactly the batch
+that the one-process loader makes, augmentation included, so ``batch_size`` stays
+the global batch and the state (epoch, position) does not depend on K.  Only the
+shard's images are read; a transform that accepts ``rows=(lo, n)`` (as
+``TrainTransform`` does) augments only them, any other gets the whole batch with the
+other rows left black and its output is cut.
 """
 
 import collections
 import concurrent.futures
+import inspect
 import time
 
 from ..backend import np
@@ -29,13 +38,15 @@ class Loader:
     seed: int, or a NumPy Generator (one integer is drawn from it).
     shuffle: reshuffle every epoch.  drop_last: skip the last, smaller batch.
     prefetch: batches prepared ahead (the bound of the queue).  workers: threads.
+    shard: (rank, ranks): hand out only this rank's rows of each batch (see above);
+    ``batch_size`` must divide into equal shares.
 
     ``for x, y in loader`` runs the rest of the current epoch and then moves to the
     next.  ``len(loader)`` is the number of batches per epoch.
     """
 
     def __init__(self, x, y, batch_size, transform=None, seed=0, shuffle=True,
-                 drop_last=False, prefetch=2, workers=1):
+                 drop_last=False, prefetch=2, workers=1, shard=(0, 1)):
         if len(x) != len(y):
             raise ValueError(f"Loader: {len(x)} images but {len(y)} labels")
         if batch_size < 1:
@@ -44,6 +55,14 @@ class Loader:
         self.batch_size, self.transform = int(batch_size), transform
         self.shuffle, self.drop_last = shuffle, drop_last
         self.prefetch, self.workers = max(1, int(prefetch)), max(1, int(workers))
+        self.rank, self.ranks = int(shard[0]), int(shard[1])
+        if not 0 <= self.rank < self.ranks:
+            raise ValueError(f"Loader: shard {shard} is not (rank, ranks) with 0 <= rank < ranks")
+        if self.batch_size % self.ranks:
+            raise ValueError(f"Loader: batch_size {batch_size} does not split into "
+                             f"{self.ranks} equal shares (one per rank)")
+        self._transform_takes_rows = (transform is not None and
+                                      "rows" in inspect.signature(transform).parameters)
         if isinstance(seed, np.random.Generator):
             seed = int(seed.integers(2 ** 63))
         self.seed = int(seed)
@@ -64,9 +83,13 @@ class Loader:
         return np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
 
     def make_batch(self, epoch, b, order=None):
-        """Batch ``b`` of ``epoch``: (x float32 NCHW, y int64), computed here and now."""
+        """Batch ``b`` of ``epoch``: (x float32 NCHW, y int64), computed here and now
+        (with a shard: this rank's rows of it)."""
         order = self.order(epoch) if order is None else order
-        idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+        batch = order[b * self.batch_size:(b + 1) * self.batch_size]
+        n = len(batch)
+        lo, hi = self.rank * n // self.ranks, (self.rank + 1) * n // self.ranks
+        idx = batch[lo:hi]
         # Sorted reads are kinder to memmaps and files; the batch order is then
         # restored so that shuffling still mixes classes within a batch.
         s = np.argsort(idx, kind="stable")
@@ -75,8 +98,16 @@ class Loader:
         rng = np.random.default_rng([self.seed, epoch, b, 1])
         if self.transform is None:
             xf = np.ascontiguousarray(xb.transpose(0, 3, 1, 2), dtype=np.float32)
-        else:
+        elif (lo, hi) == (0, n):
             xf = self.transform(xb, rng)
+        elif self._transform_takes_rows:
+            xf = self.transform(xb, rng, rows=(lo, n))
+        else:
+            # Any other transform: the whole batch (the rest black), then our rows,
+            # so that its random draws are those of the whole batch.
+            full = np.zeros((n,) + xb.shape[1:], np.uint8)
+            full[lo:hi] = xb
+            xf = self.transform(full, rng)[lo:hi]
         return xf, self.y[idx]
 
     def __iter__(self):

@@ -152,19 +152,26 @@ class TrainTransform:
 
     ``crop``: output side (227 or 224 of 256; 28, or 32 with pad=4, of 32).
     ``mean``: (H, W, 3) mean image or None.  ``pca``: (eigvals, eigvecs) from
-    ``pca_fit`` or None (off).  Call as ``t(x, rng)`` with a NumPy Generator.
+    ``pca_fit`` or None (off).  Call as ``t(x, rng)`` with a NumPy Generator;
+    ``t(x, rng, rows=(lo, n))`` gives rows lo..lo+len(x) of what a batch of n images
+    whose rows lo.. are ``x`` would give (a rank's shard of a global batch).
     """
 
     def __init__(self, crop, mean=None, pad=0, flip=True, pca=None, pca_std=0.1):
         self.crop, self.mean, self.pad, self.flip = crop, mean, pad, flip
         self.pca, self.pca_std = pca, pca_std
 
-    def __call__(self, x, rng):
-        ys, xs, flips = random_crop_params(len(x), x.shape[1:3], self.crop, rng,
+    def __call__(self, x, rng, rows=None):
+        # rows=(lo, n): x is rows lo.. of a batch of n (a rank's shard, data/loader.py);
+        # the draws are made for all n, in the same order, and our rows kept.
+        lo, n = (0, len(x)) if rows is None else rows
+        mine = slice(lo, lo + len(x))
+        ys, xs, flips = random_crop_params(n, x.shape[1:3], self.crop, rng,
                                            self.pad, self.flip)
-        out = crop_batch(x, self.crop, ys, xs, flips, self.pad, self.mean)
+        out = crop_batch(x, self.crop, ys[mine], xs[mine],
+                         None if flips is None else flips[mine], self.pad, self.mean)
         if self.pca is not None:
-            shift = pca_noise(len(x), *self.pca, rng, self.pca_std) * 255.0  # [0,1] -> 0..255
+            shift = pca_noise(n, *self.pca, rng, self.pca_std)[mine] * 255.0  # [0,1] -> 0..255
             out += shift[:, None, None, :]
         return to_nchw(out)
 
