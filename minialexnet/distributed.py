@@ -236,9 +236,11 @@ class _Watchdog:
                         f"stopping all {self.size} ranks")
 
 
-def _die(comm, line):
+def _die(comm, line, code=1):
+    """Print ``line``, stop every rank, and never return."""
     print(line, file=sys.stderr, flush=True)
-    comm.Abort(1)
+    comm.Abort(code)
+    os._exit(code)       # MPICH's MPI_Abort may return before the launcher kills us
 
 
 class MPICommunicator(Communicator):
@@ -373,9 +375,10 @@ class MPICommunicator(Communicator):
     def abort(self, code=1):
         sys.stderr.flush()
         self.comm.Abort(code)
+        os._exit(code)
 
     def describe(self):
-        version = self.MPI.Get_library_version().splitlines()[0].strip()
+        version = " ".join(self.MPI.Get_library_version().splitlines()[0].split())
         return f"{self.size} ranks, {self.kind} ({version})"
 
 
@@ -493,10 +496,18 @@ class NCCLCommunicator(MPICommunicator):
 
     def allreduce_mean(self, arrays):
         t0 = time.perf_counter()
-        arrays = list(arrays)
+        self._run(list(arrays), "gradient allreduce", average=True)
+        self.allreduce_seconds += time.perf_counter() - t0
+
+    def broadcast_arrays(self, arrays, root=0):
+        self._run(list(arrays), "weight broadcast", root=root)
+
+    def _run(self, arrays, what, average=False, root=0):
+        """Pack each device's arrays into its buckets, reduce (average) or broadcast
+        them with NCCL, unpack; all queued on the devices' streams, then waited for."""
         buckets = self._buckets(arrays)
         self.watchdog.arrive()
-        for d, items, buf in buckets:                # pack on each device
+        for d, items, buf in buckets:
             with backend.device(d):
                 for i, off, n in items:
                     buf[off:off + n] = arrays[i].reshape(-1)
@@ -505,30 +516,21 @@ class NCCLCommunicator(MPICommunicator):
             for d, _, buf in buckets:
                 with backend.device(d):
                     stream = self.xp.cuda.get_current_stream().ptr
-                    self.comms[d].allReduce(buf.data.ptr, buf.data.ptr, buf.size,
-                                            self._nccl_dtype(buf), self.nccl.NCCL_SUM, stream)
+                    if average:
+                        self.comms[d].allReduce(buf.data.ptr, buf.data.ptr, buf.size,
+                                                self._nccl_dtype(buf), self.nccl.NCCL_SUM, stream)
+                    else:
+                        self.comms[d].bcast(buf.data.ptr, buf.size, self._nccl_dtype(buf),
+                                            root, stream)
         finally:
             self.nccl.groupEnd()
-        for d, items, buf in buckets:                # unpack (queued behind the reduction)
+        for d, items, buf in buckets:                # queued behind the NCCL calls
             with backend.device(d):
-                buf /= self.size
+                if average:
+                    buf /= self.size
                 for i, off, n in items:
                     arrays[i][...] = buf[off:off + n].reshape(arrays[i].shape)
-        self._wait_devices("gradient allreduce")
-        self.allreduce_seconds += time.perf_counter() - t0
-
-    def broadcast_arrays(self, arrays, root=0):
-        self.watchdog.arrive()
-        self.nccl.groupStart()
-        try:
-            for a in arrays:
-                d = backend.get_device_id(a)
-                with backend.device(d):
-                    stream = self.xp.cuda.get_current_stream().ptr
-                    self.comms[d].bcast(a.data.ptr, a.size, self._nccl_dtype(a), root, stream)
-        finally:
-            self.nccl.groupEnd()
-        self._wait_devices("weight broadcast")
+        self._wait_devices(what)
 
     def abort(self, code=1):
         for c in self.comms.values():
