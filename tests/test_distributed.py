@@ -381,3 +381,40 @@ def test_nccl_on_real_gpus_makes_the_one_process_step(tmp_path):
     for r in ranks[1:]:
         for key in ranks[0].files:
             np.testing.assert_array_equal(ranks[0][key], r[key], err_msg=key)
+
+
+# ---------------------------------------------------------------- benchmarks
+@needs_mpi
+def test_the_distributed_benchmark_runs_at_a_tiny_size(tmp_path):
+    out = tmp_path / "bench.json"
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_distributed.py"),
+                          "--tiny", "--json", str(out)], capture_output=True, text=True,
+                         timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = json.loads(out.read_text())
+    assert [(r["ranks"], r["threads"]) for r in rows] == [(1, 1), (2, 1), (1, 2)]
+    assert all(r["images_per_s"] > 0 and 0 <= r["allreduce_share"] <= 1 for r in rows)
+    assert res.stdout.count("| fournet") == 3
+
+
+def test_the_scaling_model_counts_from_the_model_s_own_account():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import scaling_model as sm
+    from minialexnet.models import build_model
+    model = build_model("small-alexnet")
+    acc = sm.account(model)
+    assert acc["params"] == model.num_params() and acc["conv_params"] + acc["fc_params"] == acc["params"]
+    assert acc["flops"] == model.summary().totals["flops"]
+    fc = [s for s in model.steps if s.kind == "linear"]
+    towers = [len(s.layers) if hasattr(s, "layers") else 1 for s in fc]
+    # fc6 reads both towers' last maps; the outputs are all towers' neurons together.
+    assert acc["fc_widths"] == [fc[0].spec["cin"]] + [s.spec["cout"] * t for s, t in zip(fc, towers)]
+    assert acc["fc_widths"][-1] == 10
+    assert sm.data_parallel_bytes(acc, 1) == 0 == sm.hybrid_bytes(acc, 1, 128)
+    assert sm.data_parallel_bytes(acc, 2) == 4 * acc["params"]             # 2 (K-1)/K = 1
+    *both, logits = acc["fc_widths"]
+    assert sm.hybrid_bytes(acc, 3, 128) == pytest.approx(
+        4 / 3 * 4 * acc["conv_params"] + 2 * 128 * 4 * (2 * sum(both) + logits))
+    tc, text = sm.table(acc, "gtx580", 128, 100)
+    assert tc == pytest.approx(128 / (90 * 1.2e6 / (5.5 * 86400)))
+    assert text.splitlines()[2].startswith("| 1 | 100 % (")
