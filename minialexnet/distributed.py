@@ -581,14 +581,14 @@ def with_devices(comm, devices):
     return _active
 
 
-def report(line, exc=None, code=1):
+def report(line, code, collective):
     """Print ``line`` the right number of times and return the exit code.
 
-    One process, or an error every rank raised (``collective``): rank 0 prints it
-    and every rank returns ``code``.  An error only this rank has (the others are
-    still training): print it naming the rank, then abort the job."""
+    One process, or an error every rank has (``collective``): rank 0 prints it and
+    every rank returns ``code``.  An error only this rank has (the others are still
+    training): print it naming the rank, then stop the job."""
     comm = _active
-    if comm.size == 1 or getattr(exc, "collective", True):
+    if comm.size == 1 or collective:
         if comm.is_root:
             print(line, file=sys.stderr, flush=True)
         return code

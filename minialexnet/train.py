@@ -153,7 +153,7 @@ def _rows(x, lo, hi):
     """Rows lo..hi of images x: a view of an array; of lazy files, the files' slice."""
     if isinstance(x, np.ndarray):
         return x[lo:hi]
-    return type(x)(x.paths[lo:hi], x.size, getattr(x, "threads", None))
+    return type(x)(x.paths[lo:hi], x.size, x.threads)
 
 
 # ---------------------------------------------------------------- the trainer
@@ -517,9 +517,9 @@ def run(cfg, log=print):
     comm = distributed.with_devices(comm, model.devices)    # NCCL where the backend has it
     if comm.size > 1:
         comm.check_same(_run_identity(train, val, mean, model))
-    trainer = Trainer(model, train, val, mean, cfg, pca=pca, log=log, comm=comm)
+    trainer = comm.together(_make_trainer, model, train, val, mean, cfg, pca, log, comm,
+                            ckpt, loaded, errors=USER_ERRORS)
     if loaded:
-        trainer.load(ckpt, loaded)
         log(f"resumed {ckpt} at epoch {trainer.epoch}, step {trainer.step}")
     elif comm.size > 1:
         comm.broadcast_arrays(model.params().values())    # rank 0's initial weights
@@ -533,6 +533,13 @@ def run(cfg, log=print):
                 comm.allgather_object(f"rank {comm.rank} pid {os.getpid()} on "
                                       f"{platform.node()} GPUs {_gpus(model.devices)}")))
     trainer.run()
+    return trainer
+
+
+def _make_trainer(model, train, val, mean, cfg, pca, log, comm, ckpt, loaded):
+    trainer = Trainer(model, train, val, mean, cfg, pca=pca, log=log, comm=comm)
+    if loaded:
+        trainer.load(ckpt, loaded)
     return trainer
 
 
@@ -606,10 +613,10 @@ def main(argv=None):
         trainer = run(cfg)
     except KeyboardInterrupt:
         return 130
-    except TrainingDiverged as e:
-        return distributed.report(f"stopped: {e}", e, 1)
+    except TrainingDiverged as e:           # distributed: every rank, at the same step
+        return distributed.report(f"stopped: {e}", 1, collective=True)
     except USER_ERRORS as e:
-        return distributed.report(f"error: {e}", e, 2)
+        return distributed.report(f"error: {e}", 2, getattr(e, "collective", False))
     if trainer.history and trainer.comm.is_root:
         last = trainer.history[-1]
         print(f"done: {trainer.epoch} epochs, {trainer.step} steps; val top-1 error "

@@ -7,7 +7,7 @@
                 arrays (rank 0's checkpoint alone cannot show that the ranks agree)
 --die-at N      rank R (default 1) kills itself with SIGKILL when it reaches step N
 --hang-at N     rank R sleeps for an hour when it reaches step N
---nccl-fake     the run uses tests/fake_nccl.py's CuPy-free NCCL (see there)
+--bad-image-at N  rank R's batch of step N holds a corrupt image (a DataError)
 
 Exits with the CLI's exit code.  The faults live here, not in the library.
 """
@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from minialexnet import train
+from minialexnet import data, train
 
 
 def main():
@@ -30,6 +30,7 @@ def main():
     p.add_argument("--dump")
     p.add_argument("--die-at", type=int)
     p.add_argument("--hang-at", type=int)
+    p.add_argument("--bad-image-at", type=int)
     p.add_argument("--fault-rank", type=int, default=1)
     a = p.parse_args(argv[:split])
     from mpi4py import MPI
@@ -42,6 +43,8 @@ def main():
             os.kill(os.getpid(), signal.SIGKILL)
         if rank == a.fault_rank and self.step + 1 == a.hang_at:
             time.sleep(3600)
+        if rank == a.fault_rank and self.step + 1 == a.bad_image_at:
+            raise data.DataError("/data/train/n01440764/bad.JPEG: cannot decode (truncated file)")
         return real_step(self, x, y)
     train.Trainer.train_step = step
 

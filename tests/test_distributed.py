@@ -273,6 +273,15 @@ def test_a_start_up_error_is_one_line_from_rank_0(tmp_path):
 
 
 @needs_mpi
+def test_an_error_on_one_rank_mid_run_is_its_one_line_and_stops_the_job(tmp_path):
+    res = mpirun(2, ["--bad-image-at", "3", "--", *TINY, "--distributed", "--rank-timeout", "30",
+                     "--out", str(tmp_path / "run")])
+    ours = [l for l in res.stderr.splitlines() if l.startswith("error:")]
+    assert res.returncode == 2 and ours == [
+        "error: /data/train/n01440764/bad.JPEG: cannot decode (truncated file) (on rank 1)"], res.stderr
+
+
+@needs_mpi
 def test_sigterm_on_the_launcher_leaves_the_checkpoint_of_a_whole_step(tmp_path):
     out = tmp_path / "run"
     p = mpirun(2, [*TINY, "--distributed", "--epochs", "1000", "--checkpoint-every", "2",
