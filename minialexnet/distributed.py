@@ -62,6 +62,9 @@ __all__ = ["Communicator", "MPICommunicator", "NCCLCommunicator", "DistributedEr
 
 INSTALL = "pip install mpi4py mpich (or pip install minialexnet[mpi])"
 DEFAULT_TIMEOUT = 600.0     # seconds a rank waits for the others at a collective
+# ... before training starts: ranks may prepare their data for very different times
+# (one computes the mean image of ImageNet, another finds it cached).
+STARTUP_TIMEOUT = 1800.0
 BUCKET_BYTES = 32 << 20     # gradients travel in buckets of about this size
 HEARTBEAT_TAG = 7713
 
@@ -125,6 +128,9 @@ class Communicator:
 
     def check_same(self, parts):
         """Raise on every rank if another rank's ``parts`` ({name: value}) differ."""
+
+    def start_training(self):
+        """The set-up is over: collectives from now on wait ``timeout`` at most."""
 
     def install_stop_handlers(self):
         """One process: Ctrl-C raises KeyboardInterrupt where it lands, as always."""
@@ -249,14 +255,15 @@ class MPICommunicator(Communicator):
 
     kind = "MPI"
 
-    def __init__(self, mpi=None, comm=None, timeout=DEFAULT_TIMEOUT, bucket_bytes=BUCKET_BYTES):
+    def __init__(self, mpi=None, comm=None, timeout=DEFAULT_TIMEOUT, bucket_bytes=BUCKET_BYTES,
+                 watchdog=None):
         super().__init__()
         self.MPI = mpi or _import_mpi()
         self.comm = comm or self.MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.local_rank = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED, key=self.rank).Get_rank()
         self.timeout, self.bucket_bytes = float(timeout), int(bucket_bytes)
-        self.watchdog = _Watchdog(self.MPI, self.comm, timeout)
+        self.watchdog = watchdog or _Watchdog(self.MPI, self.comm, max(self.timeout, STARTUP_TIMEOUT))
         self._layouts = {}
 
     # ------------------------------------------------------------ the plumbing
@@ -364,6 +371,11 @@ class MPICommunicator(Communicator):
             if why:
                 raise DistributedError(f"rank {r} does not match rank 0: {why}", collective=True)
 
+    def start_training(self):
+        """From now on a rank that does not arrive within ``timeout`` is reported (at
+        start-up the limit is at least STARTUP_TIMEOUT)."""
+        self.watchdog.timeout = self.timeout
+
     def install_stop_handlers(self):
         """Ctrl-C / SIGTERM (the launcher forwards both to every rank) only set a flag:
         stopping in the middle of a collective would leave the others waiting."""
@@ -434,8 +446,8 @@ class NCCLCommunicator(MPICommunicator):
     kind = "NCCL"
 
     def __init__(self, devices, xp, nccl, mpi=None, comm=None, timeout=DEFAULT_TIMEOUT,
-                 bucket_bytes=BUCKET_BYTES):
-        super().__init__(mpi, comm, timeout, bucket_bytes)
+                 bucket_bytes=BUCKET_BYTES, watchdog=None):
+        super().__init__(mpi, comm, timeout, bucket_bytes, watchdog)
         self.xp, self.nccl = xp, nccl
         self.devices = list(dict.fromkeys(int(d) for d in devices))   # distinct, in order
         ids = [nccl.get_unique_id() for _ in self.devices] if self.rank == 0 else None
@@ -576,7 +588,7 @@ def with_devices(comm, devices):
                                    "(pip install nvidia-nccl-cu12; or use --distributed mpi)")
         return comm
     _active = NCCLCommunicator(devices, backend.xp(), nccl, comm.MPI, comm.comm,
-                               comm.timeout, comm.bucket_bytes)
+                               comm.timeout, comm.bucket_bytes, comm.watchdog)
     _active.stop_requested = comm.stop_requested
     return _active
 

@@ -459,7 +459,8 @@ def parse_args(argv=None):
                         "CuPy on GPUs; auto (the default): nccl where the backend has it")
     p.add_argument("--rank-timeout", type=float, default=d["rank_timeout"],
                    help="seconds to wait for a rank at a collective before naming it "
-                        "and stopping the job (default: %(default)g)")
+                        "and stopping the job (default: %(default)g; before training "
+                        f"starts at least {distributed.STARTUP_TIMEOUT:g})")
     a = p.parse_args(argv)
     try:
         devices = [int(s) for s in a.devices.split(",")] if a.devices else None
@@ -532,6 +533,7 @@ def run(cfg, log=print):
             f"{comm.size} x {cfg['batch_size'] // comm.size}; " + "; ".join(
                 comm.allgather_object(f"rank {comm.rank} pid {os.getpid()} on "
                                       f"{platform.node()} GPUs {_gpus(model.devices)}")))
+    comm.start_training()           # distributed: --rank-timeout from here on
     trainer.run()
     return trainer
 
