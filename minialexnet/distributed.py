@@ -29,7 +29,8 @@ Communicators (one small interface, ChainerMN's idea):
     comm.barrier()
 
 Faults.  Every collective waits under a watchdog: a rank that does not arrive within
-``timeout`` seconds (it died or hangs) is named in one line, and the job is aborted
+``timeout`` seconds (at start-up at least STARTUP_TIMEOUT; it died or hangs) is named
+in one line, and the job is aborted
 (``MPI_Abort``), instead of hanging until someone kills the launcher.  To know who
 is missing, each rank tells rank 0 (and rank 0 tells everyone) the number of every
 collective it enters: tiny messages beside the collective itself.  Errors found at
@@ -57,8 +58,8 @@ from . import backend
 from .backend import np
 
 __all__ = ["Communicator", "MPICommunicator", "NCCLCommunicator", "DistributedError",
-           "connect", "active", "report", "code_version", "rank_seed", "DEFAULT_TIMEOUT",
-           "BUCKET_BYTES"]
+           "connect", "with_devices", "active", "report", "code_version", "array_digest",
+           "rank_seed", "DEFAULT_TIMEOUT", "STARTUP_TIMEOUT", "BUCKET_BYTES"]
 
 INSTALL = "pip install mpi4py mpich (or pip install minialexnet[mpi])"
 DEFAULT_TIMEOUT = 600.0     # seconds a rank waits for the others at a collective

@@ -3,6 +3,7 @@
     python -m minialexnet.train                       # built-in dataset, small AlexNet, CPU
     python -m minialexnet.train --dataset cifar10 --data-dir ../shared/data --epochs 30
     python -m minialexnet.train --backend cupy --devices 0,1 --dataset imagenette --model alexnet
+    mpiexec -n 4 python -m minialexnet.train --distributed --batch-size 512   # 4 ranks (distributed.py)
 
 One step: a batch of augmented crops (made in background threads, section 4.1) goes
 forward through the net to the softmax cross-entropy; backward fills every
