@@ -31,7 +31,7 @@ def main(argv=None):
     from .train import evaluate
     try:
         backend.use(a.backend, devices=[a.device])
-        model, meta, mean = load_model(a.checkpoint, device=a.device)
+        model, meta, mean, std = load_model(a.checkpoint, device=a.device)
         cfg = meta["config"]
         name = a.dataset or cfg["dataset"]
         ds = data.load_dataset(name, data_dir=a.data_dir or cfg["data_dir"], split=a.split,
@@ -42,10 +42,10 @@ def main(argv=None):
         print(f"{a.checkpoint}: {cfg['model']} after {meta['epoch']} epochs; "
               f"{len(ds)} {name} {ds.split} images")
         rows = [("centre crop", evaluate(model, ds, cfg["crop"], mean, a.batch_size,
-                                         device=a.device))]
+                                         device=a.device, std=std))]
         if not a.no_ten_crop:
             rows.append(("ten-crop", evaluate(model, ds, cfg["crop"], mean, a.batch_size,
-                                              ten_crop=True, device=a.device)))
+                                              ten_crop=True, device=a.device, std=std)))
     except (data.DataError, CheckpointError, backend.BackendError, ShapeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

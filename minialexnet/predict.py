@@ -16,7 +16,8 @@ from .checkpoint import CheckpointError, load_checkpoint
 
 def load_model(path, device=0):
     """Rebuild the model a training checkpoint was made with, with its weights, all
-    its towers on ``device``.  Returns (model, meta, mean image)."""
+    its towers on ``device``.  Returns (model, meta, mean image, channel std or None:
+    None for a model trained on the paper's raw 0..255 input scale)."""
     from .models import from_config
     from .train import load_model_weights
     arrays, meta = load_checkpoint(path)
@@ -26,15 +27,16 @@ def load_model(path, device=0):
     model = from_config(config, devices=(device,) * len(config["devices"]))
     load_model_weights(model, arrays, meta, path)
     model.eval()
-    return model, meta, arrays["data.mean"].astype(np.float32)
+    std = arrays["data.std"].astype(np.float32) if "data.std" in arrays else None
+    return model, meta, arrays["data.mean"].astype(np.float32), std
 
 
-def predict_files(model, meta, mean, paths, k=5, device=0):
+def predict_files(model, meta, mean, paths, k=5, device=0, std=None):
     """[(path, [(class name, probability), ...k]), ...] for image files."""
     from .train import predict_batches
     cfg = meta["config"]
     x = np.stack([data.decode(p, size=cfg["image_size"]) for p in paths])
-    probs = data.softmax(predict_batches(model, x, data.EvalTransform(cfg["crop"], mean),
+    probs = data.softmax(predict_batches(model, x, data.EvalTransform(cfg["crop"], mean, std),
                                          device=device))
     names = meta["class_names"]
     out = []
@@ -55,8 +57,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     try:
         backend.use(a.backend, devices=[a.device])
-        model, meta, mean = load_model(a.checkpoint, a.device)
-        results = predict_files(model, meta, mean, a.images, a.top, a.device)
+        model, meta, mean, std = load_model(a.checkpoint, a.device)
+        results = predict_files(model, meta, mean, a.images, a.top, a.device, std)
     except (data.DataError, CheckpointError, backend.BackendError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -4,7 +4,7 @@ neighbours (Figure 4).  Host-side only; matplotlib is imported when a plot is ma
 
 from .backend import np, to_numpy
 
-__all__ = ["plot_history", "filter_grid", "show_filters", "colourfulness",
+__all__ = ["plot_history", "plot_health", "filter_grid", "show_filters", "colourfulness",
            "show_predictions", "show_neighbours", "nearest_neighbours"]
 
 
@@ -33,6 +33,54 @@ def plot_history(history, path=None, title=None):
     b.set_ylim(0, 1)
     b.set_title("error")
     b.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+    return fig
+
+
+def _health_series(records, stat):
+    """{layer: (steps, values)} of one health statistic, in network order."""
+    series = {}
+    for r in records:
+        for layer, stats in r["layers"].items():
+            if stat in stats:
+                steps, values = series.setdefault(layer, ([], []))
+                steps.append(r["step"])
+                values.append(stats[stat])
+    return series
+
+
+def plot_health(records, path=None, title=None):
+    """The training-health records of ``health.HealthMonitor`` in one figure: per
+    layer, the update-to-weight ratio ||dW|| / ||W|| (log scale; a layer far above the
+    others learns too fast for the shared learning rate), the std of its output
+    (log scale; shrinking with depth = vanishing signal), and the fraction of dead
+    ReLUs or saturated tanh units."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    panels = [("update_ratio", "update / weight  ||dW|| / ||W||", True),
+              ("act_std", "output std (conv/fc layers)", True),
+              (None, "dead ReLUs / saturated tanh units", False)]
+    for ax, (stat, label, log) in zip(axes, panels):
+        if stat is None:
+            series = {**{f"{k} dead": v for k, v in _health_series(records, "dead").items()},
+                      **{f"{k} saturated": v for k, v in _health_series(records, "saturated").items()}}
+        else:
+            series = _health_series(records, stat)
+        for layer, (steps, values) in series.items():
+            ax.plot(steps, values, ".-", label=layer)
+        if log and series:
+            ax.set_yscale("log")
+        if stat is None:
+            ax.set_ylim(0, 1)
+        ax.set_xlabel("step")
+        ax.set_title(label, fontsize=10)
+        if series:
+            ax.legend(fontsize=7, ncol=2)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

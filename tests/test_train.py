@@ -41,6 +41,7 @@ def test_run_writes_metrics_curves_and_checkpoint(tmp_path):
     for f in ("metrics.jsonl", "metrics.csv", "curves.png", "checkpoint.npz"):
         assert (out / f).stat().st_size > 0, f
     rows = [json.loads(l) for l in open(out / "metrics.jsonl")]
+    rows = [r for r in rows if r["type"] == "epoch"]      # the others are health rows
     assert [r["epoch"] for r in rows] == [1, 2]
     for key in ("train_loss", "train_error", "val_top1", "val_top5", "lr", "images_per_s",
                 "data_wait_s"):
@@ -160,13 +161,18 @@ def test_evaluate_and_predict_tools(tmp_path, capsys):
     assert "bad.npz" in capsys.readouterr().err
 
 
-def test_cli_defaults_follow_the_paper_except_for_small_nets():
+def test_cli_defaults_follow_the_paper_and_the_recipe():
+    from minialexnet import models
     paper = train.parse_args(["--model", "alexnet", "--dataset", "imagenette"])
     assert paper["lr"] == 0.01 and paper["momentum"] == 0.9 and paper["weight_decay"] == 0.0005
     assert paper["batch_size"] == 128 and paper["model_kwargs"] == {} and paper["crop"] == 227
     small = train.parse_args([])
-    assert small["model"] == "small-alexnet" and small["lr"] == 0.003
-    assert small["model_kwargs"] == {"init_std": "fan-in", "init_bias": {}}
+    # The small nets' recipe lives in models.py (init) and models.DEFAULT_LR, once.
+    assert small["model"] == "small-alexnet" and small["lr"] == models.default_lr("small-alexnet")
+    assert small["model_kwargs"] == {} and small["input_scale"] == "unit"
+    assert models.build_model("small-alexnet").config["init_std"] == "he"
+    assert models.build_model("fournet").config["init_std"] == "fan-in"
+    assert models.build_model("alexnet", widths=(8, 8, 8, 8, 8), fc=(8, 8)).config["init_std"] == 0.01
     mine = train.parse_args(["--lr", "0.02", "--model-kwargs", '{"init_std": 0.01}'])
     assert mine["lr"] == 0.02 and mine["model_kwargs"]["init_std"] == 0.01
 
@@ -177,7 +183,7 @@ def test_tools_load_a_model_trained_with_devices(tmp_path, model, devices):
     the one device they are given."""
     t = train.run(cfg(tmp_path, epochs=1, model=model, devices=devices), log=lambda *a: None)
     backend.use("numpy")
-    loaded, meta, mean = load_model(t.last_good_checkpoint)
+    loaded, meta, mean, std = load_model(t.last_good_checkpoint)
     assert loaded.devices == (0,) * len(devices)
     x = t.val_set.x[:5]
     want = predict_batches(t.model, x, data.EvalTransform(meta["config"]["crop"], mean))
@@ -187,14 +193,14 @@ def test_tools_load_a_model_trained_with_devices(tmp_path, model, devices):
 
 def test_predict_lists_the_most_probable_classes_first(tmp_path):
     t = train.run(cfg(tmp_path, epochs=1), log=lambda *a: None)
-    model, meta, mean = load_model(t.last_good_checkpoint)
+    model, meta, mean, std = load_model(t.last_good_checkpoint)
     paths = []
     for i in range(3):
         paths.append(str(tmp_path / f"{i}.png"))
         Image.fromarray(t.val_set.x[i]).save(paths[-1])
-    got = predict_files(model, meta, mean, paths, k=3)
+    got = predict_files(model, meta, mean, paths, k=3, std=std)
     x = np.stack([data.decode(p, size=meta["config"]["image_size"]) for p in paths])
-    probs = data.softmax(predict_batches(model, x, data.EvalTransform(meta["config"]["crop"], mean)))
+    probs = data.softmax(predict_batches(model, x, data.EvalTransform(meta["config"]["crop"], mean, std)))
     for (path, top), row in zip(got, probs):
         order = np.argsort(-row)[:3]
         assert [name for name, _ in top] == [meta["class_names"][i] for i in order]
@@ -205,20 +211,21 @@ def test_predict_lists_the_most_probable_classes_first(tmp_path):
 def test_ten_crop_evaluation_averages_the_ten_crops_softmax(tmp_path, monkeypatch):
     from minialexnet.metrics import topk_correct
     t = train.run(cfg(tmp_path, epochs=1), log=lambda *a: None)
-    crop, mean = t.cfg["crop"], t.mean
+    crop, mean, std = t.cfg["crop"], t.mean, t.std
+    assert std is not None                  # the default "unit" input scale
     seen = []
     real = data.ten_crop_predict
 
-    def spy(predict, x, size, m=None, logits=True):
-        seen.append(real(predict, x, size, m, logits))
+    def spy(predict, x, size, m=None, logits=True, std=None):
+        seen.append(real(predict, x, size, m, logits, std))
         return seen[-1]
     monkeypatch.setattr(data, "ten_crop_predict", spy)
-    got = train.evaluate(t.model, t.val_set, crop, mean, ten_crop=True)
+    got = train.evaluate(t.model, t.val_set, crop, mean, ten_crop=True, std=std)
     assert len(seen) == 1
     # By hand: the softmax of each of the ten crops, averaged.
     t.model.eval()
     probs = np.mean([data.softmax(backend.to_numpy(t.model.forward(c)).astype(np.float64))
-                     for c in data.ten_crop(t.val_set.x, crop, mean)], axis=0)
+                     for c in data.ten_crop(t.val_set.x, crop, mean, std)], axis=0)
     np.testing.assert_allclose(seen[0], probs, rtol=1e-5, atol=1e-7)
     assert got["top1"] == pytest.approx(1 - topk_correct(seen[0], t.val_set.y, 1).mean())
     assert got["top5"] == pytest.approx(1 - topk_correct(seen[0], t.val_set.y, 5).mean())

@@ -6,8 +6,9 @@
     train.y        # int64 (N,)
     train.class_names
     mean = data.mean_image(train.x, data.stats_file(train, "mean"))
+    std = data.channel_std(train.x, mean, data.stats_file(train, "std"))   # "unit" scale
     loader = data.Loader(train.x, train.y, 128,
-                         data.TrainTransform(28, mean), seed=0, drop_last=True)
+                         data.TrainTransform(28, mean, std=std), seed=0, drop_last=True)
     for x, y in loader: ...                                   # x float32 (B, 3, 28, 28)
 
 Images are stored uint8 NHWC; the network's float32 NCHW comes out of the transforms.
@@ -23,7 +24,7 @@ from .images import ImageFiles, decode, fit_square
 from .synthetic import CLASS_NAMES as SYNTHETIC_CLASSES, make_synthetic
 from .cifar10 import load_cifar10
 from .imagenet import load_image_folder, load_imagenette, read_synsets
-from .transforms import (EvalTransform, TrainTransform, center_crop, crop_batch, mean_image,
+from .transforms import (EvalTransform, TrainTransform, center_crop, channel_std, crop_batch, mean_image,
                          pca_fit, pca_noise, random_crop_params, softmax, ten_crop,
                          ten_crop_predict, to_nchw)
 from .loader import Loader
@@ -34,6 +35,7 @@ DATASETS = ("synthetic", "cifar10", "imagenette", "imagenet-folder")
 __all__ = [
     "DATASETS", "DataError", "DownloadError", "Dataset", "ImageFiles", "Loader",
     "EvalTransform", "TrainTransform", "SYNTHETIC_CLASSES", "cache_dir", "center_crop",
+    "channel_std",
     "crop_batch", "data_dir", "decode", "download", "fit_square", "load_cifar10",
     "load_dataset", "load_image_folder", "load_imagenette", "make_synthetic",
     "mean_image", "pca_fit", "pca_noise", "random_crop_params", "read_synsets",
