@@ -3,6 +3,11 @@
     from minialexnet.models import AlexNet, build_model
     model = AlexNet()                        # the paper's net: two towers, 227x227x3 input
     model = build_model("small-alexnet", input_size=32, width=1.0)   # CIFAR-10 sized
+    model = build_model("alexnet", layers="reference")   # the same net, reference code
+
+``layers`` (every model takes it): "fast" (the default: ``layers.py`` and ``towers.py``,
+what training runs) or "reference" (``minialexnet/reference/``: the paper's equations,
+the same numbers, slower).  It is kept in ``model.config``, so a checkpoint rebuilds it.
 
 The family (``build_model(name, **kwargs)``; every name also takes the keyword
 arguments of its class, overriding its defaults):
@@ -59,10 +64,7 @@ learn steadily where std 0.01 at lr 0.01 stalls or collapses; the training CLI u
 for the small nets (see ``train.SMALL_NET_DEFAULTS``).
 """
 
-from . import backend
-from .layers import (Conv2D, Dropout, Flatten, Linear, LocalResponseNorm, MaxPool2D,
-                     ReLU, Tanh)
-from .towers import Broadcast, Exchange, Gather, OnDevice, TowerLayer
+from . import backend, layers as fast_layers, reference, towers as fast_towers
 
 __all__ = ["Network", "AlexNet", "SmallAlexNet", "TorchvisionAlexNet", "FourLayerNet",
            "build_model", "from_config", "describe", "MODELS", "Summary", "StateDictError",
@@ -103,12 +105,24 @@ def _dtype_name(d):
     return backend.xp().dtype(_dtype(d)).name
 
 
+# Which code the layers and tower steps run: "fast" (minialexnet/layers.py and
+# towers.py: what training runs by default) or "reference" (minialexnet/reference/:
+# the paper's equations, to read; the same numbers, slower).
+IMPLEMENTATIONS = {"fast": (fast_layers, fast_towers),
+                   "reference": (reference.layers, reference.towers)}
+
+
 class _Builder:
     """Makes the steps of a network: layers in towers, transfers, one-device layers."""
 
-    def __init__(self, devices, dtype, init_std, init_bias):
+    def __init__(self, devices, dtype, init_std, init_bias, layers="fast"):
+        if layers not in IMPLEMENTATIONS:
+            raise ValueError(f"layers must be one of {', '.join(map(repr, IMPLEMENTATIONS))}, "
+                             f"not {layers!r}")
         self.devices = tuple(int(d) for d in devices)
         self.dtype, self.init_std, self.init_bias = dtype, init_std, init_bias
+        self.layers = layers
+        self.L, self.T = IMPLEMENTATIONS[layers]      # the layer and tower-step classes
         self.steps = []
 
     def std(self, name, spec):
@@ -124,46 +138,46 @@ class _Builder:
         return float(self.init_bias.get(name, 0.0))
 
     def _make(self, name, spec):
-        kind, a = spec["kind"], spec
+        kind, a, L = spec["kind"], spec, self.L
         if kind == "conv":
-            return lambda: Conv2D(a["cin"], a["cout"], a["k"], stride=a["s"], padding=a["p"],
-                                  weight_std=self.std(name, a), bias=self.bias(name),
-                                  dtype=self.dtype)
+            return lambda: L.Conv2D(a["cin"], a["cout"], a["k"], stride=a["s"],
+                                    padding=a["p"], weight_std=self.std(name, a),
+                                    bias=self.bias(name), dtype=self.dtype)
         if kind == "linear":
-            return lambda: Linear(a["cin"], a["cout"], weight_std=self.std(name, a),
-                                  bias=self.bias(name), dtype=self.dtype)
+            return lambda: L.Linear(a["cin"], a["cout"], weight_std=self.std(name, a),
+                                    bias=self.bias(name), dtype=self.dtype)
         if kind == "relu":
-            return ReLU
+            return L.ReLU
         if kind == "tanh":
-            return Tanh
+            return L.Tanh
         if kind == "lrn":
-            return lambda: LocalResponseNorm(a["size"], a["alpha"], a["beta"], a["k"])
+            return lambda: L.LocalResponseNorm(a["size"], a["alpha"], a["beta"], a["k"])
         if kind == "pool":
-            return lambda: MaxPool2D(a["k"], a["s"])
+            return lambda: L.MaxPool2D(a["k"], a["s"])
         if kind == "dropout":
-            return lambda: Dropout(a["p"], inverted=a["inverted"])
+            return lambda: L.Dropout(a["p"], inverted=a["inverted"])
         if kind == "flatten":
-            return Flatten
+            return L.Flatten
         raise ValueError(f"unknown layer kind {kind!r}")
 
     def tower(self, name, kind, **args):
         """One layer in every tower (each on its tower's device)."""
         spec = dict(kind=kind, **args)
-        self.steps.append(TowerLayer(name, self._make(name, spec), self.devices, spec))
+        self.steps.append(self.T.TowerLayer(name, self._make(name, spec), self.devices, spec))
 
     def single(self, name, kind, **args):
         """One layer on the first device."""
         spec = dict(kind=kind, **args)
-        self.steps.append(OnDevice(name, self._make(name, spec), self.devices[0], spec))
+        self.steps.append(self.T.OnDevice(name, self._make(name, spec), self.devices[0], spec))
 
     def broadcast(self, name="to_towers"):
-        self.steps.append(Broadcast(name, self.devices))
+        self.steps.append(self.T.Broadcast(name, self.devices))
 
     def exchange(self, name):
-        self.steps.append(Exchange(name, self.devices))
+        self.steps.append(self.T.Exchange(name, self.devices))
 
     def gather(self, name):
-        self.steps.append(Gather(name, self.devices, self.devices[0]))
+        self.steps.append(self.T.Gather(name, self.devices, self.devices[0]))
 
 
 def _devices(devices, towers):
@@ -198,7 +212,8 @@ class Network:
         self.input_shape = (in_channels, input_size, input_size)
         self.num_classes = num_classes
         self.dtype = builder.dtype
-        self.config = dict(config, name=self.name, devices=list(self.devices))
+        self.config = dict(config, name=self.name, devices=list(self.devices),
+                           layers=builder.layers)
         self._by_name = {s.name: s for s in self.steps}
         self.training = True
 
@@ -430,7 +445,7 @@ class AlexNet(Network):
     widths (conv1..conv5 kernels, all towers), fc (fc6, fc7 widths), lrn (on/off),
     dropout (p; 0 for none), inverted_dropout (False: the paper's test-time x0.5),
     init_std (float or {layer: std}), init_bias ({layer: value}; default PAPER_BIAS),
-    dtype ("float32").
+    dtype ("float32"), layers ("fast" or "reference": which code runs).
     """
 
     name = "alexnet"
@@ -439,11 +454,11 @@ class AlexNet(Network):
     def __init__(self, num_classes=1000, towers=2, devices=None, input_size=227,
                  widths=(96, 256, 384, 384, 256), fc=(4096, 4096), lrn=True,
                  dropout=0.5, inverted_dropout=False, init_std=0.01, init_bias=None,
-                 dtype=None, name=None):
+                 dtype=None, name=None, layers="fast"):
         if name is not None:
             self.name = name
         init_bias = dict(PAPER_BIAS if init_bias is None else init_bias)
-        b = _Builder(_devices(devices, towers), _dtype(dtype), init_std, init_bias)
+        b = _Builder(_devices(devices, towers), _dtype(dtype), init_std, init_bias, layers)
         _alexnet_steps(b, input_size=input_size, num_classes=num_classes,
                        widths=tuple(widths), fc=tuple(fc), conv1=self.conv1_shape, lrn=lrn,
                        dropout=dropout, inverted_dropout=inverted_dropout)
@@ -474,7 +489,7 @@ class SmallAlexNet(AlexNet):
 
     def __init__(self, num_classes=10, input_size=32, width=1.0, towers=2, devices=None,
                  widths=None, fc=None, lrn=True, dropout=0.5, inverted_dropout=False,
-                 init_std=0.01, init_bias=None, dtype=None):
+                 init_std=0.01, init_bias=None, dtype=None, layers="fast"):
         if input_size < 15:
             raise ValueError(f"small-alexnet: input_size must be at least 15, not {input_size}")
         self.conv1_shape = (5, 1, 2) if input_size < 48 else (5, 2, 2)
@@ -486,7 +501,8 @@ class SmallAlexNet(AlexNet):
         super().__init__(num_classes=num_classes, towers=towers, devices=devices,
                          input_size=input_size, widths=widths, fc=fc, lrn=lrn,
                          dropout=dropout, inverted_dropout=inverted_dropout,
-                         init_std=init_std, init_bias=init_bias, dtype=dtype)
+                         init_std=init_std, init_bias=init_bias, dtype=dtype,
+                         layers=layers)
         self.config["width"] = width
 
 
@@ -506,9 +522,9 @@ class TorchvisionAlexNet(Network):
 
     def __init__(self, num_classes=1000, devices=None, input_size=224,
                  widths=(64, 192, 384, 256, 256), fc=(4096, 4096), dropout=0.5,
-                 init_std=0.01, init_bias=None, dtype=None):
+                 init_std=0.01, init_bias=None, dtype=None, layers="fast"):
         init_bias = dict(PAPER_BIAS if init_bias is None else init_bias)
-        b = _Builder(_devices(devices, 1), _dtype(dtype), init_std, init_bias)
+        b = _Builder(_devices(devices, 1), _dtype(dtype), init_std, init_bias, layers)
         c1, c2, c3, c4, c5 = widths
         size = _out(_out(_out(input_size, 11, 4, 2), 3, 2), 3, 2)
         size = _out(size, 3, 2)
@@ -562,14 +578,14 @@ class FourLayerNet(Network):
 
     def __init__(self, num_classes=10, input_size=32, activation="relu", lrn=True,
                  pool="3/2", widths=(32, 32, 64), devices=None, init_std=0.01,
-                 init_bias=None, dtype=None):
+                 init_bias=None, dtype=None, layers="fast"):
         if activation not in ("relu", "tanh"):
             raise ValueError(f"fournet: activation must be 'relu' or 'tanh', not {activation!r}")
         if pool not in ("3/2", "2/2"):
             raise ValueError(f"fournet: pool must be '3/2' or '2/2', not {pool!r}")
         z, s = (3, 2) if pool == "3/2" else (2, 2)
         init_bias = dict({} if init_bias is None else init_bias)
-        b = _Builder(_devices(devices, 1), _dtype(dtype), init_std, init_bias)
+        b = _Builder(_devices(devices, 1), _dtype(dtype), init_std, init_bias, layers)
         lrn_args = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
         b.broadcast("to_towers")
         cin, size = 3, input_size
@@ -624,7 +640,8 @@ def describe(config):
     the architecture, without placement and initialisation."""
     if not config:
         return "unknown"
-    keys = [k for k in config if k not in ("name", "devices", "init_std", "init_bias")]
+    keys = [k for k in config
+            if k not in ("name", "devices", "init_std", "init_bias", "layers")]
     return f"{config.get('name', '?')}(" + ", ".join(f"{k}={config[k]}" for k in keys) + ")"
 
 
@@ -719,7 +736,7 @@ class Summary:
                                  transfer_bytes=sent * itemsize,
                                  device="->".join(str(d) for d in step.devices)))
                 shape = new
-            elif isinstance(step, TowerLayer):
+            elif isinstance(step, (fast_towers.TowerLayer, reference.TowerLayer)):
                 new = []
                 for (prefix, _, d), s in zip(step.named_layers(), shape):
                     out, p, n, macs = _layer_account(step.spec, s)
