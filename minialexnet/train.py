@@ -29,7 +29,7 @@ import signal
 import sys
 import time
 
-from . import backend, data
+from . import backend, data, reference
 from .backend import np
 from .checkpoint import (CheckpointError, check_compatible, generator_state, load_checkpoint,
                          save_checkpoint, set_generator_state)
@@ -156,7 +156,9 @@ class Trainer:
         self.log = log
         self.device = int((cfg["devices"] or [0])[0])
         self.criterion = SoftmaxCrossEntropy()
-        self.optimizer = SGD(model.params(), lr=cfg["lr"], momentum=cfg["momentum"],
+        # A model built with layers="reference" is trained by the reference SGD too.
+        sgd = reference.SGD if model.config.get("layers") == "reference" else SGD
+        self.optimizer = sgd(model.params(), lr=cfg["lr"], momentum=cfg["momentum"],
                              weight_decay=cfg["weight_decay"])
         self.schedule = make_schedule(cfg, self.optimizer)
         self.loader = data.Loader(
@@ -381,6 +383,9 @@ def parse_args(argv=None):
                    help="alexnet, alexnet-1tower, alexnet-half, torchvision-alexnet, "
                         "small-alexnet, fournet (default: %(default)s)")
     p.add_argument("--model-kwargs", default="{}", help='JSON, e.g. \'{"width": 2}\'')
+    p.add_argument("--layers", choices=["fast", "reference"], default=None,
+                   help="fast (default): the tuned layers; reference: minialexnet/reference, "
+                        "the paper's equations (same numbers, slower)")
     p.add_argument("--epochs", type=int, default=d["epochs"])
     p.add_argument("--batch-size", type=int, default=d["batch_size"], help="paper: 128")
     p.add_argument("--lr", type=float, default=None,
@@ -411,6 +416,8 @@ def parse_args(argv=None):
         model_kwargs = json.loads(a.model_kwargs)
     except json.JSONDecodeError as e:
         p.error(f"--model-kwargs is not JSON: {e}")
+    if a.layers:                 # a model argument: the checkpoint's model config keeps it
+        model_kwargs = {**model_kwargs, "layers": a.layers}
     lr = a.lr
     if a.model in SMALL_NETS:
         model_kwargs = {**SMALL_NET_DEFAULTS["model_kwargs"], **model_kwargs}
