@@ -76,15 +76,14 @@ def channels_last(x):
 
 
 # The memory-bound loops of the fast layers (parallel.py threads, _blocks of about a
-# megabyte): one thread and whole arrays, or three threads and one image a block.
-@pytest.fixture(params=["whole", "split"])
+# megabyte): one thread and one block (test-sized arrays), one thread and one image a
+# block, or two threads of several one-image blocks each (batches of 4 or more).
+@pytest.fixture(params=["whole", "blocks", "threads"])
 def loops(request, monkeypatch):
-    if request.param == "split":
-        monkeypatch.setattr(parallel, "_threads", 3)
+    monkeypatch.setattr(parallel, "_threads", 2 if request.param == "threads" else 1)
+    if request.param != "whole":
         monkeypatch.setattr(fast, "_min_rows", lambda x: 1)
         monkeypatch.setattr(fast, "_blocks", functools.partial(fast._blocks, nbytes=1))
-    else:
-        monkeypatch.setattr(parallel, "_threads", 1)
     return request.param
 
 
@@ -100,7 +99,7 @@ CONV_PATHS = {      # fast Conv2D's ways through a batch (see its docstring)
 CONV_SHAPES = [     # cin, cout, kernel, stride, padding, input shape
     (3, 4, 3, 1, 1, (5, 3, 9, 8)),           # padded, non-square; C_out > C_in
     (4, 2, 5, 1, 2, (3, 4, 7, 10)),          # conv2-like; C_out < C_in: auto = transposed
-    (3, 5, 3, 2, 0, (2, 3, 9, 8)),           # strided
+    (3, 5, 3, 2, 0, (4, 3, 9, 8)),           # strided
     (3, 4, 5, 2, 2, (2, 3, 9, 8)),           # strided and padded
     (3, 6, 11, 4, 0, (2, 3, 19, 23)),        # conv1's 11x11 stride 4
     (2, 3, (3, 2), 1, 0, (2, 2, 5, 6)),      # rectangular kernel
@@ -141,7 +140,7 @@ def test_conv2d_paths_are_taken():
 # ---------------------------------------------------------------- the other layers
 @pytest.mark.parametrize("size,alpha,beta,k", [(5, 1e-4, 0.75, 2.0), (5, 1.0, 0.75, 2.0),
                                                (4, 1.0, 0.75, 2.0), (3, 0.5, 0.6, 1.0)])
-@pytest.mark.parametrize("shape", [(3, 9, 5, 7), (2, 3, 4, 4)])
+@pytest.mark.parametrize("shape", [(5, 9, 5, 7), (4, 3, 4, 4)])
 def test_local_response_norm(loops, size, alpha, beta, k, shape):
     # beta 0.75 takes fast's sqrt path, 0.6 its power path; alpha 1 makes the window
     # matter (at 1e-4 a wrong window would hide in the tolerance); C=3 < n clips both ends.
@@ -158,8 +157,8 @@ def test_reference_lrn_band_matrix():
     assert M4[3].tolist() == [0, 1, 1, 1, 1, 0, 0]        # [i - 2, i + 1], as in PyTorch
 
 
-@pytest.mark.parametrize("z,s,shape", [(3, 2, (3, 4, 9, 9)), (3, 1, (2, 2, 6, 7)),
-                                       (2, 2, (2, 3, 8, 6)), (3, 2, (1, 2, 13, 8))])
+@pytest.mark.parametrize("z,s,shape", [(3, 2, (5, 4, 9, 9)), (3, 1, (4, 2, 6, 7)),
+                                       (2, 2, (4, 3, 8, 6)), (3, 2, (1, 2, 13, 8))])
 @pytest.mark.parametrize("ties", [False, True])
 def test_max_pool2d(loops, z, s, shape, ties):
     f, r = pair(lambda m: m.MaxPool2D(z, s))
