@@ -263,20 +263,18 @@ def test_towers_sharing_an_input_on_one_device(monkeypatch, input_grad, fuse):
     monkeypatch.setattr(towers.TowerLayer, "fuse_shared_input", fuse)
     spec = dict(kind="conv", cin=3, cout=4, k=3, s=2, p=1)
     out = []
-    for module in (fast, ref):
-        layer_module = module
-        make = functools.partial(layer_module.Conv2D, 3, 4, 3, stride=2, padding=1,
+    for layers, steps in ((fast, towers), (ref, ref_towers)):
+        make = functools.partial(layers.Conv2D, 3, 4, 3, stride=2, padding=1,
                                  weight_std=1.0, bias=0.1, dtype=np.float64)
-        steps_module = towers if module is fast else ref_towers
         backend.seed(1)
-        bcast = steps_module.Broadcast("to_towers", (0, 0))
-        tower = steps_module.TowerLayer("conv1", make, (0, 0), spec)
+        bcast = steps.Broadcast("to_towers", (0, 0))
+        tower = steps.TowerLayer("conv1", make, (0, 0), spec)
         for layer in tower.layers:
             layer.needs_input_grad = input_grad
         ys = tower.forward(bcast.forward(rnd(2, 3, 9, 7)))
         dx = bcast.backward(tower.backward([rnd(*y.shape, seed=i) for i, y in enumerate(ys)]))
         out.append((ys, dx, [dict(l.grads) for l in tower.layers]))
-        if module is fast:
+        if layers is fast:
             assert (tower.stacked is not None) == fuse
     (ys_f, dx_f, g_f), (ys_r, dx_r, g_r) = out
     for a, b in zip(ys_f, ys_r):
