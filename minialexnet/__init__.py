@@ -2,9 +2,10 @@
 
 Modules, in the order an image meets them:
     backend    NumPy or CuPy, devices and transfers (the only numpy/cupy import)
-    im2col     the trick behind convolution
-    layers     Conv2D ReLU Tanh LocalResponseNorm MaxPool2D Dropout Linear Flatten
-               SoftmaxCrossEntropy
+    reference  every layer as the paper writes it (to read), the tower steps, SGD
+    layers     the fast Conv2D ReLU Tanh LocalResponseNorm MaxPool2D Dropout Linear
+               Flatten SoftmaxCrossEntropy (what training runs; same numbers)
+    im2col     the channels-last im2col the fast Conv2D runs
     gradcheck  finite-difference checks of every backward
 """
 

@@ -3,6 +3,11 @@
     from minialexnet.models import AlexNet, build_model
     model = AlexNet()                        # the paper's net: two towers, 227x227x3 input
     model = build_model("small-alexnet", input_size=32, width=1.0)   # CIFAR-10 sized
+    model = build_model("alexnet", layers="reference")   # the same net, reference code
+
+``layers`` (every model takes it): "fast" (the default: ``layers.py`` and ``towers.py``,
+what training runs) or "reference" (``minialexnet/reference/``: the paper's equations,
+the same numbers, slower).  It is kept in ``model.config``, so a checkpoint rebuilds it.
 
 The family (``build_model(name, **kwargs)``; every name also takes the keyword
 arguments of its class, overriding its defaults):
@@ -46,23 +51,26 @@ fc6..fc8 (fournet: conv1..conv3, fc4); nonlinearities relu<k> (or tanh<k>), norm
 (LRN), pool<k>, drop<k>, flatten; transfer steps to_towers, exchange3, exchange6,
 exchange7, gather8.
 
-Initialisation (paper 5): weights N(0, 0.01^2); biases 1 in conv2, conv4, conv5, fc6 and
-fc7, 0 elsewhere.  ``init_std`` (a float, {layer: std}, "he" for sqrt(2 / fan_in), He
-et al. 2015, or "fan-in" for 1/sqrt(fan_in) with conv1's further divided by PIXEL_STD = 64
-because the input is raw centred pixels; neither is the paper's) and ``init_bias`` ({layer: value}; unnamed layers get 0)
-change it.  Every model keeps the paper's std 0.01 unless told otherwise (fournet: all
-biases 0, as the paper's bias rule names AlexNet's layers).  Small nets on weakly
-structured data can sit on a plateau for a while at std 0.01 (so do PyTorch's, with the
-same init: this is the init, not the code); choose the init per experiment.  Measured
-on the built-in dataset: small-alexnet and fournet with "fan-in", zero biases and lr 0.003
-learn steadily where std 0.01 at lr 0.01 stalls or collapses; the training CLI uses that
-for the small nets (see ``train.SMALL_NET_DEFAULTS``).
+The recipe (stated here once; the CLI, the chapters and README use it):
+
+* The paper's AlexNets (227 px) keep the paper's initialisation (section 5): weights
+  N(0, 0.01^2); biases 1 in conv2, conv4, conv5, fc6 and fc7, 0 elsewhere.
+* The small nets are trained on unit-scale inputs (data/transforms.py: (pixel -
+  mean) / std, NOT the paper's raw 0..255 pixels) with an initialisation that fits
+  them, NOT the paper's: small-alexnet He's N(0, 2/fan_in) (He et al. 2015: keeps the
+  signal's variance through eight layers of ReLUs), fournet N(0, 1/fan_in) ("fan-in",
+  LeCun et al. 1998), biases 0.  Measured on the built-in set, small-alexnet, 6
+  epochs at lr 0.01: He 54.9 % validation error, fan-in 75.6 %; at the paper's std
+  0.01 the small nets sit at chance for epochs.  Chapter 01 shows each init's
+  activation std layer by layer at both input scales.
+* Every model: lr 0.01 (``DEFAULT_LR``), momentum 0.9, weight decay 0.0005, batch 128.
+
+``init_std`` (a float, {layer: std}, "he" or "fan-in") and ``init_bias`` ({layer:
+value}; unnamed layers get 0) change it.  ``PIXEL_STD`` (64) is the standard deviation
+of raw centred pixels: with ``--input-scale paper``, divide conv1's std by it.
 """
 
-from . import backend
-from .layers import (Conv2D, Dropout, Flatten, Linear, LocalResponseNorm, MaxPool2D,
-                     ReLU, Tanh)
-from .towers import Broadcast, Exchange, Gather, OnDevice, TowerLayer
+from . import backend, layers as fast_layers, reference, towers as fast_towers
 
 __all__ = ["DEFAULT_LR", "default_lr", "Network", "AlexNet", "SmallAlexNet", "TorchvisionAlexNet", "FourLayerNet",
            "build_model", "from_config", "describe", "MODELS", "Summary", "StateDictError",
@@ -114,12 +122,24 @@ def _dtype_name(d):
     return backend.xp().dtype(_dtype(d)).name
 
 
+# Which code the layers and tower steps run: "fast" (minialexnet/layers.py and
+# towers.py: what training runs by default) or "reference" (minialexnet/reference/:
+# the paper's equations, to read; the same numbers, slower).
+IMPLEMENTATIONS = {"fast": (fast_layers, fast_towers),
+                   "reference": (reference.layers, reference.towers)}
+
+
 class _Builder:
     """Makes the steps of a network: layers in towers, transfers, one-device layers."""
 
-    def __init__(self, devices, dtype, init_std, init_bias):
+    def __init__(self, devices, dtype, init_std, init_bias, layers="fast"):
+        if layers not in IMPLEMENTATIONS:
+            raise ValueError(f"layers must be one of {', '.join(map(repr, IMPLEMENTATIONS))}, "
+                             f"not {layers!r}")
         self.devices = tuple(int(d) for d in devices)
         self.dtype, self.init_std, self.init_bias = dtype, init_std, init_bias
+        self.layers = layers
+        self.L, self.T = IMPLEMENTATIONS[layers]      # the layer and tower-step classes
         self.steps = []
 
     def std(self, name, spec):
@@ -135,46 +155,46 @@ class _Builder:
         return float(self.init_bias.get(name, 0.0))
 
     def _make(self, name, spec):
-        kind, a = spec["kind"], spec
+        kind, a, L = spec["kind"], spec, self.L
         if kind == "conv":
-            return lambda: Conv2D(a["cin"], a["cout"], a["k"], stride=a["s"], padding=a["p"],
-                                  weight_std=self.std(name, a), bias=self.bias(name),
-                                  dtype=self.dtype)
+            return lambda: L.Conv2D(a["cin"], a["cout"], a["k"], stride=a["s"],
+                                    padding=a["p"], weight_std=self.std(name, a),
+                                    bias=self.bias(name), dtype=self.dtype)
         if kind == "linear":
-            return lambda: Linear(a["cin"], a["cout"], weight_std=self.std(name, a),
-                                  bias=self.bias(name), dtype=self.dtype)
+            return lambda: L.Linear(a["cin"], a["cout"], weight_std=self.std(name, a),
+                                    bias=self.bias(name), dtype=self.dtype)
         if kind == "relu":
-            return ReLU
+            return L.ReLU
         if kind == "tanh":
-            return Tanh
+            return L.Tanh
         if kind == "lrn":
-            return lambda: LocalResponseNorm(a["size"], a["alpha"], a["beta"], a["k"])
+            return lambda: L.LocalResponseNorm(a["size"], a["alpha"], a["beta"], a["k"])
         if kind == "pool":
-            return lambda: MaxPool2D(a["k"], a["s"])
+            return lambda: L.MaxPool2D(a["k"], a["s"])
         if kind == "dropout":
-            return lambda: Dropout(a["p"], inverted=a["inverted"])
+            return lambda: L.Dropout(a["p"], inverted=a["inverted"])
         if kind == "flatten":
-            return Flatten
+            return L.Flatten
         raise ValueError(f"unknown layer kind {kind!r}")
 
     def tower(self, name, kind, **args):
         """One layer in every tower (each on its tower's device)."""
         spec = dict(kind=kind, **args)
-        self.steps.append(TowerLayer(name, self._make(name, spec), self.devices, spec))
+        self.steps.append(self.T.TowerLayer(name, self._make(name, spec), self.devices, spec))
 
     def single(self, name, kind, **args):
         """One layer on the first device."""
         spec = dict(kind=kind, **args)
-        self.steps.append(OnDevice(name, self._make(name, spec), self.devices[0], spec))
+        self.steps.append(self.T.OnDevice(name, self._make(name, spec), self.devices[0], spec))
 
     def broadcast(self, name="to_towers"):
-        self.steps.append(Broadcast(name, self.devices))
+        self.steps.append(self.T.Broadcast(name, self.devices))
 
     def exchange(self, name):
-        self.steps.append(Exchange(name, self.devices))
+        self.steps.append(self.T.Exchange(name, self.devices))
 
     def gather(self, name):
-        self.steps.append(Gather(name, self.devices, self.devices[0]))
+        self.steps.append(self.T.Gather(name, self.devices, self.devices[0]))
 
 
 def _devices(devices, towers):
@@ -209,7 +229,8 @@ class Network:
         self.input_shape = (in_channels, input_size, input_size)
         self.num_classes = num_classes
         self.dtype = builder.dtype
-        self.config = dict(config, name=self.name, devices=list(self.devices))
+        self.config = dict(config, name=self.name, devices=list(self.devices),
+                           layers=builder.layers)
         self._by_name = {s.name: s for s in self.steps}
         self.training = True
 
@@ -447,7 +468,7 @@ class AlexNet(Network):
     widths (conv1..conv5 kernels, all towers), fc (fc6, fc7 widths), lrn (on/off),
     dropout (p; 0 for none), inverted_dropout (False: the paper's test-time x0.5),
     init_std (float or {layer: std}), init_bias ({layer: value}; default PAPER_BIAS),
-    dtype ("float32").
+    dtype ("float32"), layers ("fast" or "reference": which code runs).
     """
 
     name = "alexnet"
@@ -457,11 +478,11 @@ class AlexNet(Network):
     def __init__(self, num_classes=1000, towers=2, devices=None, input_size=227,
                  widths=(96, 256, 384, 384, 256), fc=(4096, 4096), lrn=True,
                  dropout=0.5, inverted_dropout=False, init_std=0.01, init_bias=None,
-                 dtype=None, name=None):
+                 dtype=None, name=None, layers="fast"):
         if name is not None:
             self.name = name
         init_bias = dict(self.default_bias if init_bias is None else init_bias)
-        b = _Builder(_devices(devices, towers), _dtype(dtype), init_std, init_bias)
+        b = _Builder(_devices(devices, towers), _dtype(dtype), init_std, init_bias, layers)
         _alexnet_steps(b, input_size=input_size, num_classes=num_classes,
                        widths=tuple(widths), fc=tuple(fc), conv1=self.conv1_shape, lrn=lrn,
                        dropout=dropout, inverted_dropout=inverted_dropout)
@@ -499,7 +520,7 @@ class SmallAlexNet(AlexNet):
 
     def __init__(self, num_classes=10, input_size=32, width=1.0, towers=2, devices=None,
                  widths=None, fc=None, lrn=True, dropout=0.5, inverted_dropout=False,
-                 init_std="he", init_bias=None, dtype=None):
+                 init_std="he", init_bias=None, dtype=None, layers="fast"):
         if input_size < 15:
             raise ValueError(f"small-alexnet: input_size must be at least 15, not {input_size}")
         self.conv1_shape = (5, 1, 2) if input_size < 48 else (5, 2, 2)
@@ -511,7 +532,8 @@ class SmallAlexNet(AlexNet):
         super().__init__(num_classes=num_classes, towers=towers, devices=devices,
                          input_size=input_size, widths=widths, fc=fc, lrn=lrn,
                          dropout=dropout, inverted_dropout=inverted_dropout,
-                         init_std=init_std, init_bias=init_bias, dtype=dtype)
+                         init_std=init_std, init_bias=init_bias, dtype=dtype,
+                         layers=layers)
         self.config["width"] = width
 
 
@@ -531,9 +553,9 @@ class TorchvisionAlexNet(Network):
 
     def __init__(self, num_classes=1000, devices=None, input_size=224,
                  widths=(64, 192, 384, 256, 256), fc=(4096, 4096), dropout=0.5,
-                 init_std=0.01, init_bias=None, dtype=None):
+                 init_std=0.01, init_bias=None, dtype=None, layers="fast"):
         init_bias = dict(PAPER_BIAS if init_bias is None else init_bias)
-        b = _Builder(_devices(devices, 1), _dtype(dtype), init_std, init_bias)
+        b = _Builder(_devices(devices, 1), _dtype(dtype), init_std, init_bias, layers)
         c1, c2, c3, c4, c5 = widths
         size = _out(_out(_out(input_size, 11, 4, 2), 3, 2), 3, 2)
         size = _out(size, 3, 2)
@@ -588,14 +610,14 @@ class FourLayerNet(Network):
 
     def __init__(self, num_classes=10, input_size=32, activation="relu", lrn=True,
                  pool="3/2", widths=(32, 32, 64), devices=None, init_std="fan-in",
-                 init_bias=None, dtype=None):
+                 init_bias=None, dtype=None, layers="fast"):
         if activation not in ("relu", "tanh"):
             raise ValueError(f"fournet: activation must be 'relu' or 'tanh', not {activation!r}")
         if pool not in ("3/2", "2/2"):
             raise ValueError(f"fournet: pool must be '3/2' or '2/2', not {pool!r}")
         z, s = (3, 2) if pool == "3/2" else (2, 2)
         init_bias = dict({} if init_bias is None else init_bias)
-        b = _Builder(_devices(devices, 1), _dtype(dtype), init_std, init_bias)
+        b = _Builder(_devices(devices, 1), _dtype(dtype), init_std, init_bias, layers)
         lrn_args = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
         b.broadcast("to_towers")
         cin, size = 3, input_size
@@ -638,6 +660,11 @@ MODELS = {
 }
 
 
+def model_has_dropout(name):
+    """True if model ``name`` takes a ``dropout`` argument (the AlexNet family)."""
+    return name in MODELS and name != "fournet"
+
+
 def build_model(name, **kwargs):
     """A model by name (see the module docstring); kwargs override its defaults."""
     if name not in MODELS:
@@ -650,7 +677,8 @@ def describe(config):
     the architecture, without placement and initialisation."""
     if not config:
         return "unknown"
-    keys = [k for k in config if k not in ("name", "devices", "init_std", "init_bias")]
+    keys = [k for k in config
+            if k not in ("name", "devices", "init_std", "init_bias", "layers")]
     return f"{config.get('name', '?')}(" + ", ".join(f"{k}={config[k]}" for k in keys) + ")"
 
 
@@ -745,7 +773,7 @@ class Summary:
                                  transfer_bytes=sent * itemsize,
                                  device="->".join(str(d) for d in step.devices)))
                 shape = new
-            elif isinstance(step, TowerLayer):
+            elif isinstance(step, (fast_towers.TowerLayer, reference.TowerLayer)):
                 new = []
                 for (prefix, _, d), s in zip(step.named_layers(), shape):
                     out, p, n, macs = _layer_account(step.spec, s)

@@ -43,6 +43,10 @@ queues tower 0's work on GPU 0, then tower 1's on GPU 1, and both GPUs run at on
 Concatenation order is always tower 0's maps, then tower 1's: the same channel
 order a one-device grouped convolution uses, so weights map one-to-one (tower i's
 ``conv2.W`` is rows ``i*128:(i+1)*128`` of the grouped weight).
+
+These are the fast steps.  ``minialexnet/reference/towers.py`` has TowerLayer,
+Broadcast and Exchange without any fusion (each tower always runs its own layer);
+Gather and OnDevice serve both.  Same numbers (tests/test_reference.py).
 """
 
 import copy
@@ -136,6 +140,7 @@ class TowerLayer(Step):
 
     #: Run the towers' convolutions as one when they read the same array on one
     #: device (``SharedInputConvs``).  Same numbers either way; tests turn it off.
+    #: This is all that differs from the reference TowerLayer.
     fuse_shared_input = True
 
     def _shares_input(self, xs):
@@ -273,7 +278,9 @@ class Exchange(Step):
 
     def forward(self, xs):
         self.sizes = [x.shape[1] for x in xs]
-        made = {}       # towers that share a device share one concatenation
+        # Unlike the reference, towers that share a device share one concatenation
+        # (one copy fewer, and the very array that lets SharedInputConvs stack conv3).
+        made = {}
         for d in self.devices:
             if d not in made:
                 with backend.device(d):

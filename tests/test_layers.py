@@ -1,12 +1,15 @@
-"""Every layer: finite-difference gradient checks (float64), properties, bad input."""
+"""Every layer: finite-difference gradient checks (float64), properties, bad input.
+
+Each test marked with the ``L`` fixture runs on both implementations: the fast layers
+(minialexnet.layers) and the reference ones (minialexnet.reference);
+tests/test_reference.py checks that the two compute the same numbers."""
 
 import numpy as np
 import pytest
 
-from minialexnet import backend
+from minialexnet import backend, layers, reference
 from minialexnet.gradcheck import gradcheck
-from minialexnet.layers import (Conv2D, Dropout, Flatten, Linear, LocalResponseNorm,
-                                MaxPool2D, ReLU, ShapeError, SoftmaxCrossEntropy, Tanh)
+from minialexnet.layers import Conv2D, ShapeError, SoftmaxCrossEntropy
 
 TOL = 1e-6  # max relative error of any gradient, float64 central differences
 
@@ -14,6 +17,12 @@ TOL = 1e-6  # max relative error of any gradient, float64 central differences
 @pytest.fixture(autouse=True)
 def numpy_backend():
     backend.use("numpy", seed=0)
+
+
+@pytest.fixture(params=[layers, reference], ids=["fast", "reference"])
+def L(request):
+    """The layer module under test: fast or reference."""
+    return request.param
 
 
 def rnd(*shape, seed=0):
@@ -33,8 +42,8 @@ def assert_grads_ok(errors):
     (2, 3, 5, 2, 2, (1, 2, 9, 8)),      # conv2-like padding 2, stride 2
     (4, 2, (3, 2), 1, 0, (2, 4, 5, 6)),  # rectangular kernel
 ])
-def test_conv_gradients(cin, cout, k, stride, pad, shape):
-    layer = Conv2D(cin, cout, k, stride=stride, padding=pad, bias=0.3)
+def test_conv_gradients(L, cin, cout, k, stride, pad, shape):
+    layer = L.Conv2D(cin, cout, k, stride=stride, padding=pad, bias=0.3)
     layer.params["W"] = layer.params["W"] * 100  # std 1: a stronger test than std 0.01
     assert_grads_ok(gradcheck(layer, rnd(*shape)))
 
@@ -101,32 +110,32 @@ def test_conv_kept_columns_follow_the_last_forward():
 
 @pytest.mark.parametrize("z,s,shape", [(3, 2, (2, 3, 9, 9)), (3, 1, (2, 2, 6, 7)),
                                        (2, 2, (2, 3, 8, 6)), (3, 2, (1, 2, 13, 8))])
-def test_maxpool_gradients(z, s, shape):
-    assert_grads_ok(gradcheck(MaxPool2D(z, s), rnd(*shape)))
+def test_maxpool_gradients(L, z, s, shape):
+    assert_grads_ok(gradcheck(L.MaxPool2D(z, s), rnd(*shape)))
 
 
 @pytest.mark.parametrize("size,alpha,beta,k", [(5, 1.0, 0.75, 2.0), (5, 1e-4, 0.75, 2.0),
                                                (3, 0.5, 0.6, 1.0), (4, 1.0, 0.75, 2.0)])
-def test_lrn_gradients(size, alpha, beta, k):
+def test_lrn_gradients(L, size, alpha, beta, k):
     # alpha = 1.0: at the paper's 1e-4 the normalisation is so weak that a wrong
     # window would hide inside the tolerance.
-    assert_grads_ok(gradcheck(LocalResponseNorm(size, alpha, beta, k), rnd(2, 9, 3, 4)))
+    assert_grads_ok(gradcheck(L.LocalResponseNorm(size, alpha, beta, k), rnd(2, 9, 3, 4)))
 
 
-def test_relu_tanh_flatten_linear_gradients():
+def test_relu_tanh_flatten_linear_gradients(L):
     x = rnd(3, 2, 5, 4)
-    assert_grads_ok(gradcheck(ReLU(), x))
-    assert_grads_ok(gradcheck(Tanh(), x))
-    assert_grads_ok(gradcheck(Flatten(), x))
-    assert_grads_ok(gradcheck(Linear(7, 5, weight_std=1.0, bias=0.1), rnd(4, 7)))
+    assert_grads_ok(gradcheck(L.ReLU(), x))
+    assert_grads_ok(gradcheck(L.Tanh(), x))
+    assert_grads_ok(gradcheck(L.Flatten(), x))
+    assert_grads_ok(gradcheck(L.Linear(7, 5, weight_std=1.0, bias=0.1), rnd(4, 7)))
 
 
 @pytest.mark.parametrize("inverted", [False, True])
-def test_dropout_gradients_with_fixed_mask(inverted):
+def test_dropout_gradients_with_fixed_mask(L, inverted):
     x = rnd(4, 6)
     mask = np.random.default_rng(1).random(x.shape) >= 0.5
-    assert_grads_ok(gradcheck(Dropout(0.5, inverted=inverted), x, mask=mask))
-    assert_grads_ok(gradcheck(Dropout(0.5, inverted=inverted).eval(), x))
+    assert_grads_ok(gradcheck(L.Dropout(0.5, inverted=inverted), x, mask=mask))
+    assert_grads_ok(gradcheck(L.Dropout(0.5, inverted=inverted).eval(), x))
 
 
 def test_softmax_cross_entropy_gradients():
@@ -136,8 +145,8 @@ def test_softmax_cross_entropy_gradients():
 
 
 # ---------------------------------------------------------------- forward properties
-def test_conv_matches_direct_loops():
-    layer = Conv2D(2, 3, 3, stride=2, padding=1, bias=0.5)
+def test_conv_matches_direct_loops(L):
+    layer = L.Conv2D(2, 3, 3, stride=2, padding=1, bias=0.5)
     x = rnd(2, 2, 5, 6).astype(np.float32)
     y = layer.forward(x)
     W, b = layer.params["W"], layer.params["b"]
@@ -152,19 +161,19 @@ def test_conv_matches_direct_loops():
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_float32_default_and_float64_kept():
-    layer = Conv2D(3, 4, 3)
+def test_float32_default_and_float64_kept(L):
+    layer = L.Conv2D(3, 4, 3)
     assert layer.params["W"].dtype == np.float32
     assert layer.forward(rnd(1, 3, 5, 5).astype(np.float32)).dtype == np.float32
-    for l in (ReLU(), Tanh(), LocalResponseNorm(), MaxPool2D(), Dropout()):
+    for l in (L.ReLU(), L.Tanh(), L.LocalResponseNorm(), L.MaxPool2D(), L.Dropout()):
         assert l.forward(rnd(1, 3, 5, 5).astype(np.float32)).dtype == np.float32
         assert l.forward(rnd(1, 3, 5, 5)).dtype == np.float64
-    assert Linear(4, 2).forward(rnd(3, 4).astype(np.float32)).dtype == np.float32
+    assert L.Linear(4, 2).forward(rnd(3, 4).astype(np.float32)).dtype == np.float32
 
 
-def test_lrn_uses_paper_alpha_not_alpha_over_n():
+def test_lrn_uses_paper_alpha_not_alpha_over_n(L):
     x = rnd(1, 7, 2, 2)
-    lrn = LocalResponseNorm(size=5, alpha=0.1, beta=0.75, k=2.0)
+    lrn = L.LocalResponseNorm(size=5, alpha=0.1, beta=0.75, k=2.0)
     y = lrn.forward(x)
     i = 3  # a middle channel: window = channels 1..5
     s = 2.0 + 0.1 * (x[0, 1:6] ** 2).sum(axis=0)
@@ -174,30 +183,30 @@ def test_lrn_uses_paper_alpha_not_alpha_over_n():
     np.testing.assert_allclose(y[0, 0], x[0, 0] / s0 ** 0.75, rtol=1e-12)
 
 
-def test_overlapping_pool_backward_accumulates():
+def test_overlapping_pool_backward_accumulates(L):
     # One large value in the centre of a 5x5 map is the max of all four 3x3/2 windows.
     x = np.zeros((1, 1, 5, 5))
     x[0, 0, 2, 2] = 9.0
-    pool = MaxPool2D(3, 2)
+    pool = L.MaxPool2D(3, 2)
     y = pool.forward(x)
     assert y.shape == (1, 1, 2, 2) and (y == 9).all()
     dx = pool.backward(np.ones_like(y))
     assert dx[0, 0, 2, 2] == 4.0 and dx.sum() == 4.0
 
 
-def test_pool_ties_go_to_first_maximum():
+def test_pool_ties_go_to_first_maximum(L):
     x = np.ones((1, 1, 3, 3))
-    pool = MaxPool2D(3, 2)
+    pool = L.MaxPool2D(3, 2)
     pool.forward(x)
     dx = pool.backward(np.ones((1, 1, 1, 1)))
     assert dx[0, 0, 0, 0] == 1 and dx.sum() == 1
 
 
 @pytest.mark.parametrize("inverted", [False, True])
-def test_dropout_expectation_matches_between_modes(inverted):
+def test_dropout_expectation_matches_between_modes(L, inverted):
     backend.use("numpy", seed=3)
     x = np.abs(rnd(200, 500)).astype(np.float32) + 0.5
-    d = Dropout(0.5, inverted=inverted)
+    d = L.Dropout(0.5, inverted=inverted)
     train = d.forward(x)
     kept = (train != 0).mean()
     assert abs(kept - 0.5) < 0.01
@@ -209,8 +218,8 @@ def test_dropout_expectation_matches_between_modes(inverted):
         assert set(np.unique(train / x)) <= {0.0, 1.0}
 
 
-def test_dropout_draws_a_new_mask_each_call():
-    d = Dropout(0.5)
+def test_dropout_draws_a_new_mask_each_call(L):
+    d = L.Dropout(0.5)
     x = np.ones((10, 100), np.float32)
     assert (d.forward(x) != d.forward(x)).any()
 
@@ -231,24 +240,24 @@ def test_softmax_cross_entropy_value():
     assert abs(SoftmaxCrossEntropy().forward(logits, labels) - ref) < 1e-12
 
 
-def test_linear_shapes_and_init():
+def test_linear_shapes_and_init(L):
     backend.use("numpy", seed=0)
-    fc = Linear(300, 400, bias=1.0)
+    fc = L.Linear(300, 400, bias=1.0)
     assert fc.params["W"].shape == (400, 300) and fc.params["b"].shape == (400,)
     assert abs(fc.params["W"].std() - 0.01) < 0.0005 and (fc.params["b"] == 1).all()
 
 
-def test_seeded_init_is_reproducible():
+def test_seeded_init_is_reproducible(L):
     backend.use("numpy", seed=7)
-    a = Conv2D(3, 8, 3).params["W"]
+    a = L.Conv2D(3, 8, 3).params["W"]
     backend.use("numpy", seed=7)
-    b = Conv2D(3, 8, 3).params["W"]
+    b = L.Conv2D(3, 8, 3).params["W"]
     np.testing.assert_array_equal(a, b)
 
 
 # ---------------------------------------------------------------- bad input
-def test_bad_inputs_raise_clear_errors():
-    conv = Conv2D(3, 4, 5, name="conv2")
+def test_bad_inputs_raise_clear_errors(L):
+    conv = L.Conv2D(3, 4, 5, name="conv2")
     with pytest.raises(ShapeError, match="4-D"):
         conv.forward(np.zeros((3, 8, 8), np.float32))
     with pytest.raises(ShapeError, match="expected 3 input channels, got 4"):
@@ -256,11 +265,11 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ShapeError, match="smaller than the 5x5 kernel"):
         conv.forward(np.zeros((1, 3, 4, 8), np.float32))
     with pytest.raises(ShapeError, match="smaller than the 3x3 window"):
-        MaxPool2D(3, 2).forward(np.zeros((1, 3, 2, 8), np.float32))
+        L.MaxPool2D(3, 2).forward(np.zeros((1, 3, 2, 8), np.float32))
     with pytest.raises(ShapeError, match="4-D"):
-        LocalResponseNorm().forward(np.zeros((3, 8), np.float32))
+        L.LocalResponseNorm().forward(np.zeros((3, 8), np.float32))
     with pytest.raises(ShapeError, match="expected 10 input features, got 9"):
-        Linear(10, 2).forward(np.zeros((2, 9), np.float32))
+        L.Linear(10, 2).forward(np.zeros((2, 9), np.float32))
     loss = SoftmaxCrossEntropy()
     with pytest.raises(ShapeError, match=r"labels must lie in \[0, 2\]"):
         loss.forward(np.zeros((2, 3), np.float32), np.array([0, 3]))
@@ -271,4 +280,4 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ShapeError, match=r"shape \(2,\)"):
         loss.forward(np.zeros((2, 3), np.float32), np.array([0, 1, 2]))
     with pytest.raises(ValueError, match="p must be"):
-        Dropout(1.0)
+        L.Dropout(1.0)

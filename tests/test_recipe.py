@@ -240,3 +240,19 @@ def test_help_shows_defaults_and_text_for_every_option(capsys):
                 "--input-scale", "--health-every", "--step-fractions"):
         line = out[out.index(opt):].split("\n--")[0]
         assert "default" in line or opt in ("--n-val",), opt
+
+
+def test_the_main_job_defaults_and_dropout_per_dataset():
+    from minialexnet.models import build_model as bm
+    main = train.default_config()
+    assert (main["dataset"], main["epochs"], main["n_train"], main["dropout"]) == \
+        ("synthetic", 4, 20000, 0.0)
+    assert train.make_model(main, 10).config["dropout"] == 0.0
+    cifar = train.default_config(dataset="cifar10")
+    assert cifar["epochs"] == 30 and cifar["dropout"] is None
+    assert train.make_model(cifar, 10).config["dropout"] == 0.5       # the paper's
+    # An explicit model argument wins, and fournet (no dropout) is left alone.
+    mine = train.default_config(model_kwargs={"dropout": 0.3})
+    assert train.make_model(mine, 10).config["dropout"] == 0.3
+    assert "dropout" not in train.make_model(train.default_config(model="fournet"), 10).config
+    assert train.parse_args(["--dropout", "0.5"])["dropout"] == 0.5

@@ -7,6 +7,7 @@
 (b) Removing any one transfer (forward or backward) makes it fail.
 (c) The two towers equal ONE network with grouped convolutions (groups=2 for conv2,
     conv4, conv5, and LRN within each group), computed by PyTorch.
+(a)-(c) run on both implementations (``layers="fast"`` and ``"reference"``).
 """
 
 import types
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 from minialexnet import backend, towers
+from minialexnet.reference import towers as ref_towers
 from minialexnet.models import AlexNet, SmallAlexNet
 from minialexnet.optim import SGD
 
@@ -33,6 +35,9 @@ def tiny(devices=(0, 1), **kw):
     """The paper's topology at a tiny width (32 px, two towers)."""
     kw.setdefault("init_std", 0.1)
     return SmallAlexNet(width=0.25, devices=devices, **kw)
+
+
+LAYERS = pytest.mark.parametrize("layers", ["fast", "reference"])
 
 
 def images(n=3, size=32, seed=0):
@@ -76,9 +81,10 @@ def _rng_on(fake, i):
 
 
 # ---------------------------------------------------------------- (a) two fake devices
-def test_two_towers_on_two_fake_devices():
+@LAYERS
+def test_two_towers_on_two_fake_devices(layers):
     fake = backend.use(FakeDevices(2))
-    model = tiny((0, 1))
+    model = tiny((0, 1), layers=layers)
     placed = model.param_devices()
     for name, p in model.params().items():
         assert isinstance(p, FakeArray) and p.device == placed[name]
@@ -108,17 +114,18 @@ def test_two_towers_on_two_fake_devices():
     assert fake.syncs == []
 
 
-def test_fake_two_devices_compute_what_one_device_computes():
+@LAYERS
+def test_fake_two_devices_compute_what_one_device_computes(layers):
     x = images()
     dlogits = np.random.default_rng(1).standard_normal((3, 10)).astype(np.float32)
-    ref = tiny((0, 0)).eval()
+    ref = tiny((0, 0), layers=layers).eval()
     state = ref.state_dict()
     want_logits = ref.forward(x)
     want_dx = ref.backward(dlogits)
     want_grads = {k: v.copy() for k, v in ref.grads().items()}
 
     backend.use(FakeDevices(2))
-    model = tiny((0, 1)).eval()
+    model = tiny((0, 1), layers=layers).eval()
     model.load_state_dict(state)
     logits = model.forward(on_device(x, 0))
     dx = model.backward(on_device(dlogits, 0))
@@ -147,11 +154,11 @@ def test_features_gather_the_towers_onto_the_first_device():
 
 
 # ---------------------------------------------------------------- (b) remove one transfer
-def _run_skipping(monkeypatch, skip):
+def _run_skipping(monkeypatch, skip, layers):
     """Forward+backward on two fake devices with the ``skip``-th cross-device transfer
     left out (its input returned as is).  Returns the number of such transfers."""
     fake = backend.use(FakeDevices(2, seed=0))
-    model = tiny((0, 1))
+    model = tiny((0, 1), layers=layers)
     x = on_device(images(2), 0)
     real = towers.transfer
     count = [0]
@@ -164,16 +171,18 @@ def _run_skipping(monkeypatch, skip):
                 return a                       # the transfer step, removed
         return real(a, device)
     monkeypatch.setattr(towers, "transfer", transfer)
+    monkeypatch.setattr(ref_towers, "transfer", transfer)
     model.backward(model.forward(x))
     return count[0]
 
 
-def test_removing_any_one_transfer_fails(monkeypatch):
-    n = _run_skipping(monkeypatch, skip=-1)     # nothing removed: runs
+@LAYERS
+def test_removing_any_one_transfer_fails(monkeypatch, layers):
+    n = _run_skipping(monkeypatch, -1, layers)  # nothing removed: runs
     assert n == 16                              # 8 links forward, 8 backward
     for k in range(n):
         with pytest.raises(DeviceMismatch):
-            _run_skipping(monkeypatch, skip=k)
+            _run_skipping(monkeypatch, k, layers)
 
 
 # ---------------------------------------------------------------- per-device RNG on CuPy
@@ -251,12 +260,13 @@ def _set_lrn_alpha(model, alpha):
             layer.alpha = alpha
 
 
+@LAYERS
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_two_towers_equal_grouped_convolutions_in_pytorch(mode):
+def test_two_towers_equal_grouped_convolutions_in_pytorch(mode, layers):
     torch = pytest.importorskip("torch")
     # The paper's AlexNet at a reduced width, float64; 99 px gives 2x2 maps at pool5
     model = AlexNet(num_classes=7, input_size=99, widths=(8, 16, 24, 24, 16), fc=(12, 10),
-                    init_std=0.2, dtype="float64")
+                    init_std=0.2, dtype="float64", layers=layers)
     _set_lrn_alpha(model, 0.5)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 3, 99, 99))

@@ -56,11 +56,11 @@ def test_resume_is_bit_identical_to_a_straight_run(tmp_path, stop):
     # 4 steps per epoch: stopping at 3 and resuming to 7 crosses an epoch boundary
     # (with its evaluation and schedule step) and uses dropout, shuffling and crops;
     # stopping at 4 stops exactly at an epoch's end.
-    straight = cfg(tmp_path / "a", model="small-alexnet", max_steps=7, epochs=5)
+    straight = cfg(tmp_path / "a", model="small-alexnet", max_steps=7, epochs=5, dropout=0.5)
     train.run(straight, log=lambda *a: None)
-    first = cfg(tmp_path / "b", model="small-alexnet", max_steps=stop, epochs=5)
+    first = cfg(tmp_path / "b", model="small-alexnet", max_steps=stop, epochs=5, dropout=0.5)
     train.run(first, log=lambda *a: None)
-    resumed = cfg(tmp_path / "b", model="small-alexnet", max_steps=7, epochs=5, resume=True)
+    resumed = cfg(tmp_path / "b", model="small-alexnet", max_steps=7, epochs=5, resume=True, dropout=0.5)
     train.run(resumed, log=lambda *a: None)
     wa, ma = weights(tmp_path / "a" / "run" / "checkpoint.npz")
     wb, mb = weights(tmp_path / "b" / "run" / "checkpoint.npz")
