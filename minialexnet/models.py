@@ -391,8 +391,11 @@ def _first_names(state, n=4):
 
 # ======================================================================== AlexNet
 def _alexnet_steps(b, *, input_size, num_classes, widths, fc, conv1, lrn, dropout,
-                   inverted_dropout, lrn_args=None, in_channels=3):
-    """The paper's topology (3.5), split into ``len(b.devices)`` towers (3.2)."""
+                   inverted_dropout, lrn_args=None, in_channels=3, activation="relu"):
+    """The paper's topology (3.5), split into ``len(b.devices)`` towers (3.2).
+    ``activation``: "relu" (the paper's) or "tanh" (chapter 01's saturating control)."""
+    if activation not in ("relu", "tanh"):
+        raise ValueError(f"activation must be 'relu' or 'tanh', not {activation!r}")
     T = len(b.devices)
     c1, c2, c3, c4, c5 = (_split_width(w, T, f"conv{i + 1} width")
                           for i, w in enumerate(widths))
@@ -405,24 +408,24 @@ def _alexnet_steps(b, *, input_size, num_classes, widths, fc, conv1, lrn, dropou
 
     b.broadcast("to_towers")                                  # conv1 sees the whole image
     b.tower("conv1", "conv", cin=in_channels, cout=c1, k=k1, s=s1, p=p1)
-    b.tower("relu1", "relu")
+    b.tower(f"{activation}1", activation)
     if lrn:
         b.tower("norm1", "lrn", **lrn_args)
     b.tower("pool1", "pool", k=3, s=2)
     size = _out(size, 3, 2)                                   # 27
     b.tower("conv2", "conv", cin=c1, cout=c2, k=5, s=1, p=2)  # own tower's maps only
-    b.tower("relu2", "relu")
+    b.tower(f"{activation}2", activation)
     if lrn:
         b.tower("norm2", "lrn", **lrn_args)
     b.tower("pool2", "pool", k=3, s=2)
     size = _out(size, 3, 2)                                   # 13
     b.exchange("exchange3")                                   # conv3 sees both towers
     b.tower("conv3", "conv", cin=c2 * T, cout=c3, k=3, s=1, p=1)
-    b.tower("relu3", "relu")
+    b.tower(f"{activation}3", activation)
     b.tower("conv4", "conv", cin=c3, cout=c4, k=3, s=1, p=1)  # own tower only
-    b.tower("relu4", "relu")
+    b.tower(f"{activation}4", activation)
     b.tower("conv5", "conv", cin=c4, cout=c5, k=3, s=1, p=1)  # own tower only
-    b.tower("relu5", "relu")
+    b.tower(f"{activation}5", activation)
     b.tower("pool5", "pool", k=3, s=2)
     size = _out(size, 3, 2)                                   # 6
     if size < 1:
@@ -430,12 +433,12 @@ def _alexnet_steps(b, *, input_size, num_classes, widths, fc, conv1, lrn, dropou
     b.tower("flatten", "flatten")
     b.exchange("exchange6")                                   # fc6 sees both towers
     b.tower("fc6", "linear", cin=c5 * T * size * size, cout=f6)
-    b.tower("relu6", "relu")
+    b.tower(f"{activation}6", activation)
     if dropout:
         b.tower("drop6", "dropout", p=dropout, inverted=inverted_dropout)
     b.exchange("exchange7")                                   # fc7 sees all of fc6
     b.tower("fc7", "linear", cin=f6 * T, cout=f7)
-    b.tower("relu7", "relu")
+    b.tower(f"{activation}7", activation)
     if dropout:
         b.tower("drop7", "dropout", p=dropout, inverted=inverted_dropout)
     b.gather("gather8")                                       # fc8 sees all of fc7
@@ -478,18 +481,19 @@ class AlexNet(Network):
     def __init__(self, num_classes=1000, towers=2, devices=None, input_size=227,
                  widths=(96, 256, 384, 384, 256), fc=(4096, 4096), lrn=True,
                  dropout=0.5, inverted_dropout=False, init_std=0.01, init_bias=None,
-                 dtype=None, name=None, layers="fast"):
+                 dtype=None, name=None, layers="fast", activation="relu"):
         if name is not None:
             self.name = name
         init_bias = dict(self.default_bias if init_bias is None else init_bias)
         b = _Builder(_devices(devices, towers), _dtype(dtype), init_std, init_bias, layers)
         _alexnet_steps(b, input_size=input_size, num_classes=num_classes,
                        widths=tuple(widths), fc=tuple(fc), conv1=self.conv1_shape, lrn=lrn,
-                       dropout=dropout, inverted_dropout=inverted_dropout)
+                       dropout=dropout, inverted_dropout=inverted_dropout,
+                       activation=activation)
         config = dict(num_classes=num_classes, towers=towers, input_size=input_size,
                       widths=list(widths), fc=list(fc), lrn=lrn, dropout=dropout,
                       inverted_dropout=inverted_dropout, init_std=init_std,
-                      init_bias=init_bias, dtype=_dtype_name(dtype))
+                      init_bias=init_bias, dtype=_dtype_name(dtype), activation=activation)
         self._finish(b, input_size, num_classes, config)
 
 
@@ -520,7 +524,7 @@ class SmallAlexNet(AlexNet):
 
     def __init__(self, num_classes=10, input_size=32, width=1.0, towers=2, devices=None,
                  widths=None, fc=None, lrn=True, dropout=0.5, inverted_dropout=False,
-                 init_std="he", init_bias=None, dtype=None, layers="fast"):
+                 init_std="he", init_bias=None, dtype=None, layers="fast", activation="relu"):
         if input_size < 15:
             raise ValueError(f"small-alexnet: input_size must be at least 15, not {input_size}")
         self.conv1_shape = (5, 1, 2) if input_size < 48 else (5, 2, 2)
@@ -533,7 +537,7 @@ class SmallAlexNet(AlexNet):
                          input_size=input_size, widths=widths, fc=fc, lrn=lrn,
                          dropout=dropout, inverted_dropout=inverted_dropout,
                          init_std=init_std, init_bias=init_bias, dtype=dtype,
-                         layers=layers)
+                         layers=layers, activation=activation)
         self.config["width"] = width
 
 
