@@ -23,6 +23,9 @@ from minialexnet import data, experiments, notebook, train   # noqa: E402
 from minialexnet.backend import np   # noqa: E402
 
 FAST = notebook.fast_mode()
+# MINIALEXNET_RENDER_ONLY=1: train nothing, render the records that exist (a chapter
+# executed while its jobs are still running in the background says how far they are).
+RENDER_ONLY = os.environ.get("MINIALEXNET_RENDER_ONLY", "").strip() not in ("", "0")
 
 
 def dirs(chapter):
@@ -75,7 +78,7 @@ def run_ch08(jobs=None, log=print):
     out = {}
     for job in jobs or [ch08_job()]:
         out[job.name] = experiments.run_job(job, train_set, val_set, results, runs, log=log,
-                                            after=ch08_final(test))
+                                            after=ch08_final(test), train_missing=not RENDER_ONLY)
     return out
 
 
@@ -177,10 +180,14 @@ def run_ch01(settings=None, log=print, data_sets=None):
     for setting in settings or ch01_settings():
         out[setting] = {}
         for act in ("relu", "tanh"):
-            sweep = [experiments.run_job(j, train_set, val_set, results, runs, log=log)
+            run = dict(log=log, train_missing=not RENDER_ONLY)
+            sweep = [experiments.run_job(j, train_set, val_set, results, runs, **run)
                      for j in ch01_sweep_jobs(setting, act)]
+            if not all(r and r["status"] == "complete" for r in sweep):
+                out[setting][act] = {"lr": None, "sweep": sweep, "seeds": []}
+                continue
             lr = best_lr(sweep)
-            seeds = [experiments.run_job(j, train_set, val_set, results, runs, log=log)
+            seeds = [experiments.run_job(j, train_set, val_set, results, runs, **run)
                      for j in ch01_seed_jobs(setting, act, lr)]
             out[setting][act] = {"lr": lr, "sweep": sweep, "seeds": seeds}
     return out

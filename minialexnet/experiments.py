@@ -79,13 +79,16 @@ def _write(results_dir, job, trainer, status, seconds):
     return rec
 
 
-def run_job(job, train_set, val_set, results_dir, runs_dir, log=print, after=None):
+def run_job(job, train_set, val_set, results_dir, runs_dir, log=print, after=None,
+            train_missing=True):
     """Train ``job`` on (``train_set``, ``val_set``) unless its record is complete;
     resume it from ``runs_dir/<name>/checkpoint.npz`` if a checkpoint is there.
     ``after(trainer)`` runs once when the job completes (e.g. a test-set evaluation;
-    its returned dict is stored as the record's ``"final"``).  Returns the record."""
+    its returned dict is stored as the record's ``"final"``).  Returns the record.
+    ``train_missing=False`` trains nothing: it returns what is there (a complete or
+    still-running job's record, or None), to render a chapter while its jobs run."""
     rec = load_record(results_dir, job.name)
-    if rec and rec.get("status") == "complete":
+    if (rec and rec.get("status") == "complete") or not train_missing:
         return rec
     out = os.path.join(runs_dir, job.name)
     cfg = train.default_config(**{"progress": False, **job.cfg, "out": out})
