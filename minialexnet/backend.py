@@ -20,15 +20,13 @@ import contextlib
 
 import numpy as np
 
+from .errors import BackendError
+
 __all__ = [
     "Backend", "BackendError", "use", "current", "xp", "dtype", "rng", "seed",
     "device", "to_device", "to_numpy", "as_strided", "np", "synchronize",
     "get_device_id",
 ]
-
-
-class BackendError(RuntimeError):
-    """A backend was asked for that cannot work on this machine."""
 
 
 class Backend:

@@ -10,8 +10,7 @@ import argparse
 import sys
 
 from . import backend, data
-from .checkpoint import CheckpointError
-from .layers import ShapeError
+from .errors import MinialexnetError
 from .predict import load_model
 
 
@@ -46,7 +45,7 @@ def main(argv=None):
         if not a.no_ten_crop:
             rows.append(("ten-crop", evaluate(model, ds, cfg["crop"], mean, a.batch_size,
                                               ten_crop=True, device=a.device)))
-    except (data.DataError, CheckpointError, backend.BackendError, ShapeError, ValueError) as e:
+    except MinialexnetError as e:       # a user's mistake; anything else is a bug: traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     for label, r in rows:

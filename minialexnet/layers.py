@@ -14,15 +14,12 @@ Conventions (all layers):
 """
 
 from . import backend
+from .errors import ConfigError, ShapeError
 from .im2col import col2im_nhwc, conv_output_size, im2col_nhwc
 from .parallel import parallel_for
 
 __all__ = ["Layer", "Conv2D", "ReLU", "Tanh", "LocalResponseNorm", "MaxPool2D",
            "Dropout", "Linear", "Flatten", "SoftmaxCrossEntropy", "ShapeError"]
-
-
-class ShapeError(ValueError):
-    """An input of the wrong rank, size or channel count, or labels out of range."""
 
 
 class Layer:
@@ -562,7 +559,7 @@ class Dropout(Layer):
     def __init__(self, p=0.5, inverted=False, name=None):
         super().__init__(name)
         if not 0 <= p < 1:
-            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
+            raise ConfigError(f"Dropout: p must be in [0, 1), got {p}")
         self.p, self.inverted = p, inverted
 
     def forward(self, x, mask=None):

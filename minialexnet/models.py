@@ -59,7 +59,10 @@ learn steadily where std 0.01 at lr 0.01 stalls or collapses; the training CLI u
 for the small nets (see ``train.SMALL_NET_DEFAULTS``).
 """
 
+import inspect
+
 from . import backend
+from .errors import ConfigError, StateDictError
 from .layers import (Conv2D, Dropout, Flatten, Linear, LocalResponseNorm, MaxPool2D,
                      ReLU, Tanh)
 from .towers import Broadcast, Exchange, Gather, OnDevice, TowerLayer
@@ -82,10 +85,6 @@ CONV1_NOTE = ("conv1: the paper states 253,440 neurons, but its 96 maps are 55x5
               "(Figure 2; 227x227 input, or 224 with padding): 290,400 neurons.  253,440 "
               "is 96 x 2,640, and 2,640 is no k x k, so the paper's number is inconsistent "
               "with its own shapes and cannot be reproduced")
-
-
-class StateDictError(ValueError):
-    """A state dict that does not fit the model (missing, extra or mis-shaped parameter)."""
 
 
 def _out(size, k, s, p=0):
@@ -171,13 +170,13 @@ def _devices(devices, towers):
         return (0,) * towers
     devices = tuple(int(d) for d in devices)
     if len(devices) != towers:
-        raise ValueError(f"devices={devices}: need one device per tower ({towers} towers)")
+        raise ConfigError(f"devices={devices}: need one device per tower ({towers} towers)")
     return devices
 
 
 def _split_width(total, towers, what):
     if total % towers:
-        raise ValueError(f"{what}={total} is not divisible by towers={towers}")
+        raise ConfigError(f"{what}={total} is not divisible by towers={towers}")
     return total // towers
 
 
@@ -363,7 +362,7 @@ def _alexnet_steps(b, *, input_size, num_classes, widths, fc, conv1, lrn, dropou
     lrn_args = lrn_args or dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
     size = _out(input_size, k1, s1, p1)                       # 55 at 227
     if size < 3:
-        raise ValueError(f"input_size={input_size} is too small for conv1 {k1}x{k1}/{s1}")
+        raise ConfigError(f"input_size={input_size} is too small for conv1 {k1}x{k1}/{s1}")
 
     b.broadcast("to_towers")                                  # conv1 sees the whole image
     b.tower("conv1", "conv", cin=in_channels, cout=c1, k=k1, s=s1, p=p1)
@@ -388,7 +387,7 @@ def _alexnet_steps(b, *, input_size, num_classes, widths, fc, conv1, lrn, dropou
     b.tower("pool5", "pool", k=3, s=2)
     size = _out(size, 3, 2)                                   # 6
     if size < 1:
-        raise ValueError(f"input_size={input_size} is too small: pool5 has no output")
+        raise ConfigError(f"input_size={input_size} is too small: pool5 has no output")
     b.tower("flatten", "flatten")
     b.exchange("exchange6")                                   # fc6 sees both towers
     b.tower("fc6", "linear", cin=c5 * T * size * size, cout=f6)
@@ -476,7 +475,7 @@ class SmallAlexNet(AlexNet):
                  widths=None, fc=None, lrn=True, dropout=0.5, inverted_dropout=False,
                  init_std=0.01, init_bias=None, dtype=None):
         if input_size < 15:
-            raise ValueError(f"small-alexnet: input_size must be at least 15, not {input_size}")
+            raise ConfigError(f"small-alexnet: input_size must be at least 15, not {input_size}")
         self.conv1_shape = (5, 1, 2) if input_size < 48 else (5, 2, 2)
 
         def scaled(base):
@@ -564,9 +563,9 @@ class FourLayerNet(Network):
                  pool="3/2", widths=(32, 32, 64), devices=None, init_std=0.01,
                  init_bias=None, dtype=None):
         if activation not in ("relu", "tanh"):
-            raise ValueError(f"fournet: activation must be 'relu' or 'tanh', not {activation!r}")
+            raise ConfigError(f"fournet: activation must be 'relu' or 'tanh', not {activation!r}")
         if pool not in ("3/2", "2/2"):
-            raise ValueError(f"fournet: pool must be '3/2' or '2/2', not {pool!r}")
+            raise ConfigError(f"fournet: pool must be '3/2' or '2/2', not {pool!r}")
         z, s = (3, 2) if pool == "3/2" else (2, 2)
         init_bias = dict({} if init_bias is None else init_bias)
         b = _Builder(_devices(devices, 1), _dtype(dtype), init_std, init_bias)
@@ -612,10 +611,24 @@ MODELS = {
 }
 
 
+_alexnet_1tower.builds = _alexnet_half.builds = AlexNet   # (for _keywords)
+
+
+def _keywords(make):
+    """The keyword arguments a MODELS entry takes (a wrapper: its class's, but name)."""
+    target = getattr(make, "builds", make)
+    return [k for k in inspect.signature(target).parameters if target is make or k != "name"]
+
+
 def build_model(name, **kwargs):
     """A model by name (see the module docstring); kwargs override its defaults."""
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+        raise ConfigError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    known = _keywords(MODELS[name])
+    unknown = sorted(set(kwargs) - set(known))
+    if unknown:
+        raise ConfigError(f"{name}: unknown keyword argument{'s' if len(unknown) > 1 else ''} "
+                          f"{', '.join(unknown)} (it takes {', '.join(known)})")
     return MODELS[name](**kwargs)
 
 

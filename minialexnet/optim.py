@@ -24,6 +24,7 @@ resumed run continues bit-identically.
 """
 
 from . import backend
+from .errors import StateDictError
 from .parallel import parallel_for
 
 __all__ = ["SGD", "ReduceLROnPlateau", "StepLR"]
@@ -138,9 +139,9 @@ class SGD:
         vel = state["velocity"]
         for name, v in self.velocity.items():
             if name not in vel:
-                raise KeyError(f"SGD.load_state_dict: no velocity for parameter {name!r}")
+                raise StateDictError(f"SGD.load_state_dict: no velocity for parameter {name!r}")
             if tuple(vel[name].shape) != tuple(v.shape):
-                raise ValueError(f"SGD.load_state_dict: velocity {name!r} has shape "
+                raise StateDictError(f"SGD.load_state_dict: velocity {name!r} has shape "
                                  f"{tuple(vel[name].shape)}, the parameter {tuple(v.shape)}")
         for name, v in self.velocity.items():
             dev = backend.get_device_id(v)

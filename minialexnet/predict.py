@@ -12,6 +12,7 @@ import sys
 from . import backend, data
 from .backend import np
 from .checkpoint import CheckpointError, load_checkpoint
+from .errors import MinialexnetError
 
 
 def load_model(path, device=0):
@@ -57,7 +58,7 @@ def main(argv=None):
         backend.use(a.backend, devices=[a.device])
         model, meta, mean = load_model(a.checkpoint, a.device)
         results = predict_files(model, meta, mean, a.images, a.top, a.device)
-    except (data.DataError, CheckpointError, backend.BackendError, ValueError) as e:
+    except MinialexnetError as e:       # a user's mistake; anything else is a bug: traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     for path, top in results:

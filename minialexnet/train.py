@@ -33,17 +33,14 @@ from . import backend, data
 from .backend import np
 from .checkpoint import (CheckpointError, check_compatible, generator_state, load_checkpoint,
                          save_checkpoint, set_generator_state)
-from .layers import ShapeError, SoftmaxCrossEntropy
+from .errors import ConfigError, MinialexnetError, TrainingDiverged
+from .layers import SoftmaxCrossEntropy
 from .metrics import ErrorMeter, topk_correct
 from .models import build_model, describe
 from .optim import SGD, ReduceLROnPlateau, StepLR
 
 __all__ = ["Trainer", "TrainingDiverged", "evaluate", "predict_batches", "default_config",
            "prepare_data", "main"]
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
 
 
 # ---------------------------------------------------------------- configuration
@@ -75,7 +72,7 @@ def default_config(**overrides):
     )
     unknown = set(overrides) - set(cfg)
     if unknown:
-        raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        raise ConfigError(f"unknown config keys: {sorted(unknown)}")
     cfg.update(overrides)
     size, crop = DATASET_SIZES[cfg["dataset"]]
     cfg["image_size"] = cfg["image_size"] or size
@@ -363,7 +360,7 @@ def make_schedule(cfg, optimizer):
         return StepLR(optimizer, milestones=range(every, max(cfg["epochs"], every) + 1, every))
     if cfg["schedule"] == "none":
         return None
-    raise ValueError(f"unknown schedule {cfg['schedule']!r}: plateau, step or none")
+    raise ConfigError(f"unknown schedule {cfg['schedule']!r}: plateau, step or none")
 
 
 # ---------------------------------------------------------------- command line
@@ -411,6 +408,8 @@ def parse_args(argv=None):
         model_kwargs = json.loads(a.model_kwargs)
     except json.JSONDecodeError as e:
         p.error(f"--model-kwargs is not JSON: {e}")
+    if not isinstance(model_kwargs, dict):
+        p.error(f"--model-kwargs must be a JSON object like '{{\"width\": 2}}', got {a.model_kwargs!r}")
     lr = a.lr
     if a.model in SMALL_NETS:
         model_kwargs = {**SMALL_NET_DEFAULTS["model_kwargs"], **model_kwargs}
@@ -475,7 +474,7 @@ def main(argv=None):
     except TrainingDiverged as e:
         print(f"stopped: {e}", file=sys.stderr)
         return 1
-    except (data.DataError, CheckpointError, backend.BackendError, ShapeError, ValueError) as e:
+    except MinialexnetError as e:       # a user's mistake; anything else is a bug: traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     if trainer.history:

@@ -134,6 +134,62 @@ def test_bad_input_gets_one_line_not_a_traceback(args, expect, capsys):
     assert code == 2 and len(err) == 1 and expect in err[0], err
 
 
+@pytest.mark.parametrize("args,expect", [
+    (["--model", "nosuch"], "unknown model 'nosuch'"),
+    (["--model-kwargs", '{"bogus": 1}'], "unknown keyword argument bogus"),
+    (["--model-kwargs", '{"width": 3}', "--model", "fournet"], "unknown keyword argument width"),
+    (["--batch-size", "0"], "batch_size must be >= 1"),
+    (["--n-train", "16", "--batch-size", "32"], "make no batch"),
+])
+def test_bad_settings_get_one_line_too(args, expect, capsys):
+    code = train.main(args + ["--no-progress", "--out", "", "--n-val", "8"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and expect in err[0], err
+
+
+def test_every_user_error_is_a_minialexnet_error():
+    """B5: the tools catch MinialexnetError only; each class keeps its old base."""
+    from minialexnet import errors, layers, models
+    from minialexnet.data.download import DownloadError
+    bases = {data.DataError: ValueError, CheckpointError: ValueError,
+             backend.BackendError: RuntimeError, layers.ShapeError: ValueError,
+             models.StateDictError: ValueError, train.TrainingDiverged: RuntimeError,
+             errors.ConfigError: ValueError, DownloadError: ValueError}
+    for cls, old in bases.items():
+        assert issubclass(cls, errors.MinialexnetError) and issubclass(cls, old), cls
+
+
+BUG = ValueError("operands could not be broadcast together with shapes (2,3) (4,)")
+
+
+def _a_bug(*args, **kwargs):
+    raise BUG
+
+
+def test_a_programming_error_in_train_keeps_its_traceback(monkeypatch):
+    """B5: a ValueError that is not the library's (a bug) is not an "error:" line."""
+    monkeypatch.setattr(train.Trainer, "train_step", _a_bug)
+    with pytest.raises(ValueError) as e:
+        train.main(["--model", "fournet", "--n-train", "64", "--n-val", "16",
+                    "--batch-size", "32", "--out", "", "--no-progress"])
+    assert e.value is BUG
+
+
+def test_a_programming_error_in_evaluate_and_predict_keeps_its_traceback(tmp_path, monkeypatch):
+    from minialexnet import predict
+    t = train.run(cfg(tmp_path, epochs=1), log=lambda *a: None)
+    monkeypatch.setattr(train, "evaluate", _a_bug)
+    with pytest.raises(ValueError) as e:
+        evaluate_main([t.last_good_checkpoint, "--n", "8"])
+    assert e.value is BUG
+    img = tmp_path / "x.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(img)
+    monkeypatch.setattr(predict, "predict_files", _a_bug)
+    with pytest.raises(ValueError) as e:
+        predict_main([t.last_good_checkpoint, str(img)])
+    assert e.value is BUG
+
+
 def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     t = train.run(cfg(tmp_path, epochs=1), log=lambda *a: None)
     other = train.run(cfg(tmp_path / "o", epochs=0, model="small-alexnet"), log=lambda *a: None)
