@@ -172,11 +172,16 @@ class Trainer:
     def train_step(self, x, y):
         """Forward, backward and the SGD update for one batch; returns (loss, logits)."""
         x = backend.to_device(backend.xp().asarray(x), self.device)
-        y = backend.to_device(backend.xp().asarray(y), self.device)
         logits = self.model.forward(x)
-        loss = self.criterion.forward(logits, y)
+        # The loss runs where the logits are (the model's first device, fc8's), so
+        # that its labels, arange and dlogits are made there, not on device 0.
+        home = backend.get_device_id(logits)
+        with backend.device(home):
+            y = backend.to_device(y, home)
+            loss = self.criterion.forward(logits, y)
+            dlogits = self.criterion.backward()
         # Training never needs dL/d(image): skip conv1's most expensive product.
-        self.model.backward(self.criterion.backward(), input_grad=False)
+        self.model.backward(dlogits, input_grad=False)
         self.optimizer.step(self.model.grads())
         return loss, logits
 

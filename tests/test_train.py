@@ -190,6 +190,23 @@ def test_a_programming_error_in_evaluate_and_predict_keeps_its_traceback(tmp_pat
     assert e.value is BUG
 
 
+@pytest.mark.parametrize("model,devices", [("fournet", [1]), ("small-alexnet", [1, 1]),
+                                           ("small-alexnet", [1, 0])])
+def test_training_with_a_first_device_other_than_0(tmp_path, model, devices):
+    """B1: the loss, its labels and dlogits live where the logits do (the model's
+    first device), not on device 0.  Fake devices refuse any array met elsewhere."""
+    from fake_devices import FakeDevices
+    fake = backend.use(FakeDevices(2))
+    c = cfg(tmp_path, model=model, devices=devices, epochs=1, n_train=64, n_val=16,
+            out=None, model_kwargs={"width": 0.25} if model == "small-alexnet" else {})
+    train_set, val, mean, pca = train.prepare_data(c)
+    t = train.Trainer(train.make_model(c, train_set.num_classes), train_set, val, mean, c,
+                      log=lambda *a: None)
+    fake.transfers.clear()
+    t.run()
+    assert t.step == 2 and np.isfinite(t.history[0]["train_loss"])
+
+
 def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     t = train.run(cfg(tmp_path, epochs=1), log=lambda *a: None)
     other = train.run(cfg(tmp_path / "o", epochs=0, model="small-alexnet"), log=lambda *a: None)
