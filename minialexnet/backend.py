@@ -37,7 +37,19 @@ class Backend:
     ``Generator`` of ``xp``; only ``random``, ``standard_normal`` and
     ``integers`` are used, since CuPy's Generator has no ``normal``,
     ``permutation`` or ``choice``).
+
+    What the backend can do, so that no code asks for its name: ``host_threads``
+    and ``prefers_cache_blocking`` (below).
     """
+
+    #: Array work runs on the calling CPU thread, and NumPy releases the GIL in its
+    #: loops: memory-bound loops split over Python threads use more cores
+    #: (parallel.py).  A GPU already runs each kernel in parallel.
+    host_threads = True
+    #: Passes over data are cheaper a cache-sized block at a time (a CPU's caches:
+    #: LRN, pooling, col2im, Conv2D's column chunks, SGD).  On a GPU one kernel over
+    #: the whole array is best: blocks would only multiply kernel launches.
+    prefers_cache_blocking = True
 
     def __init__(self, name, xp, seed=0):
         self.name = name
@@ -83,6 +95,9 @@ class Backend:
 
 class CupyBackend(Backend):
     """CuPy on one or more NVIDIA GPUs; devices are ``cupy.cuda.Device(i)``."""
+
+    host_threads = False
+    prefers_cache_blocking = False
 
     def __init__(self, cupy, seed=0):
         self._cupy = cupy

@@ -80,7 +80,11 @@ def _min_rows(x, min_bytes=1 << 18):
 
 def _blocks(x, lo, hi, nbytes=1 << 20):
     """Slices of images lo..hi of about ``nbytes`` each (cache-sized): layers that
-    make several passes over their data do all passes on one block, then the next."""
+    make several passes over their data do all passes on one block, then the next.
+    One slice where the backend does not prefer cache blocking (a GPU: one kernel per
+    pass, not one per image; AlexNet's LRN1 at batch 128 made about 1,660 launches)."""
+    if not backend.current().prefers_cache_blocking:
+        return [slice(lo, hi)]
     per = max(1, nbytes // max(1, x[0].size * x.itemsize))
     return [slice(i, min(hi, i + per)) for i in range(lo, hi, per)]
 
@@ -117,7 +121,8 @@ class Conv2D(Layer):
       small batches) they are built once, in one buffer, and backward reuses
       them.  Otherwise the batch goes through in chunks of about ``chunk_bytes``
       of columns: the column buffer is reused (no 500 MB array per call), and
-      backward rebuilds the columns of each chunk from the cached input.
+      backward rebuilds the columns of each chunk from the cached input.  On a
+      backend that does not prefer cache blocking (CuPy) the batch is one chunk.
     - Copies in and out of columns run on ``parallel.threads()`` threads, split
       over the images of the chunk; the matrix multiplies use BLAS's threads.
 
@@ -183,7 +188,8 @@ class Conv2D(Layer):
         if self._transposed_ok():
             per_image = max(per_image, H * W * kh * kw * self.out_channels)
         per_image *= x.dtype.itemsize
-        if N * per_image <= self.keep_columns_bytes:
+        # A GPU takes the batch in one chunk (one GEMM, not one per cache-sized chunk).
+        if N * per_image <= self.keep_columns_bytes or not backend.current().prefers_cache_blocking:
             nb = N                                       # one chunk, kept for backward
         else:
             nb = max(1, min(N, self.chunk_bytes // max(1, per_image)))

@@ -44,7 +44,8 @@ class SGD:
 
     ``decay_filter(name) -> bool`` (default: every parameter) chooses which
     parameters get weight decay.  ``block``: elements per cache block on the CPU
-    (None: whole arrays; default: blocks on NumPy, whole arrays elsewhere).
+    (None: whole arrays; default: blocks where the backend ``prefers_cache_blocking``,
+    NumPy, whole arrays on GPUs).
     """
 
     def __init__(self, params, lr=0.01, momentum=0.9, weight_decay=0.0005,
@@ -53,7 +54,7 @@ class SGD:
         self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
         self.decay_filter = decay_filter
         if block == "auto":
-            block = CPU_BLOCK if backend.current().name == "numpy" else None
+            block = CPU_BLOCK if backend.current().prefers_cache_blocking else None
         self.block = block
         self.steps = 0
         self.velocity = {}

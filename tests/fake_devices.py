@@ -236,7 +236,14 @@ class _DeviceContext:
 
 
 class FakeDevices(backend.Backend):
-    """A backend with ``n`` fake devices (see the module docstring)."""
+    """A backend with ``n`` fake devices (see the module docstring).
+
+    It can do what CuPy can: no host threads (the current device is per thread, so
+    worker threads would run on device 0) and no cache blocking, so the fake-device
+    tests run the code paths a GPU runs."""
+
+    host_threads = False
+    prefers_cache_blocking = False
 
     def __init__(self, n=2, seed=0):
         global _BACKEND
