@@ -13,6 +13,8 @@ Conventions (all layers):
   so the same code runs on NumPy and CuPy.
 """
 
+import zlib
+
 from . import backend
 from .errors import ConfigError, ShapeError
 from .im2col import col2im_nhwc, conv_output_size, im2col_nhwc
@@ -560,7 +562,16 @@ class Dropout(Layer):
         training:  y = x * mask / (1 - p);  test: y = x
     Either way E[y_train] = y_test.  ``forward(x, mask=...)`` reuses a given mask
     (gradient checks need the same mask on every call).
+
+    The mask of a training forward is fixed by (the backend's seed, the layer's
+    ``name``, ``draw``), as the Loader's crops are by (seed, epoch, batch): nothing
+    depends on what was drawn before, so a resumed run draws what the straight run
+    drew.  Each drawn mask counts ``draw`` on by one; the Trainer sets it to the
+    optimiser step (``Network.set_draw``).  Layers with the same name draw the same
+    masks: the models name each tower's dropout (``drop6.tower0``).
     """
+
+    draw = 0
 
     def __init__(self, p=0.5, inverted=False, name=None):
         super().__init__(name)
@@ -574,7 +585,9 @@ class Dropout(Layer):
             self.scale = None
             return x if self.inverted else x * x.dtype.type(keep)
         if mask is None:
-            mask = backend.rng().random(x.shape, dtype=x.dtype) >= self.p
+            rng = backend.keyed_rng(zlib.crc32(self.name.encode()), self.draw)
+            self.draw += 1
+            mask = rng.random(x.shape, dtype=x.dtype) >= self.p
         self.mask = mask
         self.scale = x.dtype.type(1.0 / keep) if self.inverted else None
         y = x * mask

@@ -237,6 +237,14 @@ class Network:
             step.train(mode)
         return self
 
+    def set_draw(self, n):
+        """The next training forward draws dropout masks number ``n`` (see
+        ``layers.Dropout``): the Trainer passes the step, so masks follow from
+        (seed, layer, step) and a resumed run draws what the straight one did."""
+        for _, layer, _ in self.named_layers():
+            if hasattr(layer, "draw"):
+                layer.draw = n
+
     def eval(self):
         return self.train(False)
 

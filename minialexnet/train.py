@@ -10,8 +10,8 @@ gradient; SGD with momentum 0.9 and weight decay 0.0005 updates the weights.  Af
 each epoch the held-out split is evaluated (centre crop) and the learning rate is
 divided by 10 when the validation error stops improving.
 
-Never lose a run: checkpoints (weights, optimiser, schedule, RNG and loader state,
-config) are written atomically at the end of every epoch, every
+Never lose a run: checkpoints (weights, optimiser, schedule, loader state, config;
+dropout masks follow from (seed, layer, step), so no generator state) are written atomically at the end of every epoch, every
 ``--checkpoint-every`` steps and on Ctrl-C; ``--resume`` continues bit-identically.
 A NaN or infinite loss stops the run with one line and keeps the last good
 checkpoint.  Bad input (missing data, a checkpoint of another model, a GPU that is
@@ -31,8 +31,7 @@ import time
 
 from . import backend, data
 from .backend import np
-from .checkpoint import (CheckpointError, check_compatible, generator_state, load_checkpoint,
-                         save_checkpoint, set_generator_state)
+from .checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from .errors import ConfigError, MinialexnetError, TrainingDiverged
 from .layers import SoftmaxCrossEntropy
 from .metrics import ErrorMeter, topk_correct
@@ -172,6 +171,7 @@ class Trainer:
     def train_step(self, x, y):
         """Forward, backward and the SGD update for one batch; returns (loss, logits)."""
         x = backend.to_device(backend.xp().asarray(x), self.device)
+        self.model.set_draw(self.step)       # dropout masks from (seed, layer, step)
         logits = self.model.forward(x)
         # The loss runs where the logits are (the model's first device, fc8's), so
         # that its labels, arange and dlogits are made there, not on device 0.
@@ -323,7 +323,8 @@ class Trainer:
             "schedule": self.schedule.state_dict() if self.schedule else None,
             "loader": loader_state,
             "epoch_stats": self._epoch_stats,
-            "rng": generator_state(backend.rng()) if backend.current().name == "numpy" else None,
+            # No generator state: dropout masks are keyed by (seed, layer, step)
+            # (layers.Dropout); the Loader's crops by (seed, epoch, batch).
         }
         return arrays, meta
 
@@ -347,8 +348,6 @@ class Trainer:
         self.loader.load_state_dict(meta["loader"])
         self.epoch, self.step, self.history = meta["epoch"], meta["step"], meta["history"]
         self._epoch_stats = meta.get("epoch_stats") or self._fresh_stats()
-        if meta.get("rng") and backend.current().name == "numpy":
-            set_generator_state(backend.rng(), meta["rng"])
         self.last_good_checkpoint = path
         return meta
 

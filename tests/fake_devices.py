@@ -265,6 +265,10 @@ class FakeDevices(backend.Backend):
             self._rngs[i] = _Generator(np.random.default_rng(self._seed + i * 1000003), i)
         return self._rngs[i]
 
+    def keyed_rng(self, *key):
+        """As NumPy's (the same numbers), but made on and bound to the current device."""
+        return _Generator(np.random.default_rng([self._seed, *key]), current_device())
+
     def device(self, i):
         if not 0 <= int(i) < self.n:
             raise backend.BackendError(f"fake backend: no device {i} (0..{self.n - 1})")

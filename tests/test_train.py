@@ -73,6 +73,25 @@ def test_resume_is_bit_identical_to_a_straight_run(tmp_path, stop):
         assert [r[key] for r in ma["history"]] == [r[key] for r in mb["history"]], key
 
 
+def test_resume_is_bit_identical_on_fake_gpus(tmp_path, monkeypatch):
+    """B4: with one generator per device (as on CuPy, re-seeded on resume) resume is
+    still bit-identical: dropout masks come from (seed, layer, step), not from a
+    generator's state.  Two towers on two fake devices."""
+    from fake_devices import FakeDevices
+    real_use = backend.use
+    monkeypatch.setattr(backend, "use", lambda name, seed=0, devices=None:
+                        real_use(FakeDevices(2, seed=seed)))
+    kw = dict(model="small-alexnet", devices=[0, 1], epochs=5, model_kwargs={"width": 0.25})
+    train.run(cfg(tmp_path / "a", max_steps=3, **kw), log=lambda *a: None)
+    train.run(cfg(tmp_path / "b", max_steps=1, **kw), log=lambda *a: None)
+    train.run(cfg(tmp_path / "b", max_steps=3, resume=True, **kw), log=lambda *a: None)
+    wa, ma = weights(tmp_path / "a" / "run" / "checkpoint.npz")
+    wb, mb = weights(tmp_path / "b" / "run" / "checkpoint.npz")
+    assert ma["step"] == mb["step"] == 3 and any(".tower1." in k for k in wa)
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
+
+
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, monkeypatch, capsys):
     real = train.Trainer.train_step
     calls = {"n": 0}
