@@ -332,3 +332,39 @@ def test_cache_blocking_follows_the_backend_capability_not_its_name(name, monkey
             assert counts == {"lrn": 2, "pool": 1 + 9 + 9, "conv": 1, "col2im": 1}, counts
     for a, b in zip(outputs[True], outputs[False]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)   # float32 GEMM order
+
+
+# ---------------------------------------------------------------- B6: no aliasing, modes
+@pytest.mark.parametrize("inverted", [False, True])
+def test_dropout_returns_new_arrays_in_eval_mode(inverted):
+    x, dy = rnd(3, 5), rnd(3, 5, seed=1)
+    d = Dropout(0.5, inverted=inverted).eval()
+    y = d.forward(x)
+    dx = d.backward(dy)
+    assert not np.shares_memory(y, x) and not np.shares_memory(dx, dy)
+    np.testing.assert_array_equal(y, x if inverted else 0.5 * x)
+    np.testing.assert_array_equal(dx, dy if inverted else 0.5 * dy)
+
+
+@pytest.mark.parametrize("inverted", [False, True])
+def test_dropout_backward_uses_the_mode_forward_used(inverted):
+    x, dy = np.abs(rnd(4, 50)) + 0.1, rnd(4, 50, seed=1)
+    d = Dropout(0.5, inverted=inverted)
+    y = d.forward(x)                          # training: a mask
+    d.eval()
+    np.testing.assert_array_equal(d.backward(dy), dy * (y / x))      # the same mask
+    y = d.forward(x)                          # eval: no mask
+    d.train()
+    np.testing.assert_array_equal(d.backward(dy), dy * (y / x))
+
+
+def test_linear_gives_fresh_gradients_each_step():
+    fc = Linear(6, 4)
+    fc.forward(rnd(3, 6))
+    fc.backward(rnd(3, 4, seed=1))
+    kept = fc.grads["W"]
+    before = kept.copy()
+    fc.forward(rnd(3, 6, seed=2))
+    fc.backward(rnd(3, 4, seed=3))
+    assert fc.grads["W"] is not kept
+    np.testing.assert_array_equal(kept, before)     # a caller's grads stay as they were
