@@ -44,9 +44,16 @@ __all__ = ["Trainer", "TrainingDiverged", "evaluate", "predict_batches", "defaul
 
 # ---------------------------------------------------------------- configuration
 # Per dataset: image side as stored and the random-crop side fed to the net.
-# 28 of 32 and 56 of 64 mirror the paper's 227 of 256 (section 4.1).
-DATASET_SIZES = {"synthetic": (32, 28), "cifar10": (32, 28), "imagenette": (256, 227),
+# 28 of 32 and 56 of 64 mirror the paper's 227 of 256 (section 4.1).  None: the side
+# the data has, known once it is loaded (``fit_sizes``): Imagenette is 256 px from
+# its folders, 224 px from the packed files.
+DATASET_SIZES = {"synthetic": (32, 28), "cifar10": (32, 28), "imagenette": (None, None),
                  "imagenet-folder": (256, 227)}
+# The crop for images stored at a given side.  Images are never upscaled to make room
+# for a crop (224 -> 256 invents pixels and costs a third more memory): packed
+# Imagenette gets 199 of 224, the paper's 227 of 256 in proportion, and (199 - 11) / 4
+# is whole as (227 - 11) / 4 is, so conv1's stride-4 windows tile the crop.
+CROP_FOR_SIDE = {256: 227, 224: 199, 64: 56, 32: 28}
 
 
 # The small nets at the paper's init (std 0.01, biases 1) and lr 0.01 sit on a plateau
@@ -90,6 +97,17 @@ def prepare_data(cfg):
     mean = data.mean_image(train.x, data.stats_file(train, "mean"), progress_bar=cfg["progress"])
     pca = data.pca_fit(train.x, cache_file=data.stats_file(train, "pca")) if cfg["pca"] else None
     return train, val, mean.astype(np.float32), pca
+
+
+def fit_sizes(cfg, train):
+    """``cfg`` with image_size and crop filled in from the loaded training images
+    (``CROP_FOR_SIDE``); a ConfigError if the crop is larger than the images."""
+    side = train.image_shape[0]
+    crop = cfg["crop"] or CROP_FOR_SIDE.get(side, side * 227 // 256)
+    if crop > side:
+        raise ConfigError(f"crop {crop} does not fit the {side}-px images of {cfg['dataset']} "
+                          f"(images are never upscaled): use a crop of at most {side}")
+    return dict(cfg, image_size=cfg["image_size"] or side, crop=crop)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -452,6 +470,7 @@ def run(cfg, log=print):
         cfg = {**saved, **keep}
         backend.use(cfg["backend"], seed=cfg["seed"], devices=cfg["devices"])
     train, val, mean, pca = prepare_data(cfg)
+    cfg = fit_sizes(cfg, train)
     model = make_model(cfg, train.num_classes)
     trainer = Trainer(model, train, val, mean, cfg, pca=pca, log=log)
     if cfg["resume"]:

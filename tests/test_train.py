@@ -226,6 +226,31 @@ def test_training_with_a_first_device_other_than_0(tmp_path, model, devices):
     assert t.step == 2 and np.isfinite(t.history[0]["train_loss"])
 
 
+def packed_imagenette(root, side=224):
+    """A miniature of the packed Imagenette files (224-px JPEG containers)."""
+    from data_fixtures import make_jpeg_container, rgb_images
+    d = root / "imagenette"
+    d.mkdir(parents=True)
+    names = [f"class{i}" for i in range(10)]
+    make_jpeg_container(d / "imagenette224_train_0.npz", rgb_images(4, side, 1), [0, 1, 2, 3], names)
+    make_jpeg_container(d / "imagenette224_val.npz", rgb_images(2, side, 2), [0, 1], names)
+    return root
+
+
+def test_packed_imagenette_is_not_upscaled(tmp_path, monkeypatch):
+    """B7: the 224-px packed files are used as stored (not upscaled to 256), with the
+    paper's crop in proportion: 199 of 224 as 227 of 256."""
+    monkeypatch.setenv("MINIALEXNET_CACHE", str(tmp_path / "cache"))
+    c = cfg(tmp_path, dataset="imagenette", data_dir=str(packed_imagenette(tmp_path / "d")),
+            model="fournet", epochs=0, batch_size=2, out=None)
+    t = train.run(c, log=lambda *a: None)
+    assert t.train_set.image_shape == t.val_set.image_shape == (224, 224, 3)
+    assert (t.cfg["image_size"], t.cfg["crop"], t.model.input_size) == (224, 199, 199)
+    assert t.mean.shape == (224, 224, 3)
+    with pytest.raises(train.ConfigError, match="does not fit the 224-px images"):
+        train.run(dict(c, crop=227), log=lambda *a: None)
+
+
 def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     t = train.run(cfg(tmp_path, epochs=1), log=lambda *a: None)
     other = train.run(cfg(tmp_path / "o", epochs=0, model="small-alexnet"), log=lambda *a: None)
@@ -253,9 +278,11 @@ def test_evaluate_and_predict_tools(tmp_path, capsys):
 
 
 def test_cli_defaults_follow_the_paper_except_for_small_nets():
-    paper = train.parse_args(["--model", "alexnet", "--dataset", "imagenette"])
+    paper = train.parse_args(["--model", "alexnet", "--dataset", "imagenet-folder"])
     assert paper["lr"] == 0.01 and paper["momentum"] == 0.9 and paper["weight_decay"] == 0.0005
     assert paper["batch_size"] == 128 and paper["model_kwargs"] == {} and paper["crop"] == 227
+    # Imagenette's side is known once loaded: 256 from folders, 224 from the packed files
+    assert train.parse_args(["--dataset", "imagenette"])["crop"] is None
     small = train.parse_args([])
     assert small["model"] == "small-alexnet" and small["lr"] == 0.003
     assert small["model_kwargs"] == {"init_std": "fan-in", "init_bias": {}}
