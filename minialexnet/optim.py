@@ -215,19 +215,25 @@ class StepLR:
     """A fixed schedule: lr = base_lr * gamma ** (number of milestones passed).
 
     ``milestones``: the epochs at which to divide by 10, e.g. (30, 60, 80) for a
-    90-epoch run that, like the paper's, reduces three times.  Call ``step()`` once at
-    the end of each epoch; ``epoch`` counts the calls.
+    90-epoch run that, like the paper's, reduces three times.  ``every=k`` instead
+    divides every k epochs with no last milestone, so a run resumed with more epochs
+    keeps being cut.  Call ``step()`` once at the end of each epoch; ``epoch`` counts
+    the calls.
     """
 
-    def __init__(self, optimizer, milestones=(30, 60, 80), gamma=0.1, base_lr=None):
+    def __init__(self, optimizer, milestones=(30, 60, 80), gamma=0.1, base_lr=None,
+                 every=None):
         self.optimizer = optimizer
         self.milestones = sorted(int(m) for m in milestones)
+        self.every = None if every is None else int(every)
         self.gamma = float(gamma)
         self.base_lr = float(optimizer.lr if base_lr is None else base_lr)
         self.epoch = 0
 
     def lr_at(self, epoch):
-        return self.base_lr * self.gamma ** sum(1 for m in self.milestones if epoch >= m)
+        cuts = (epoch // self.every if self.every else
+                sum(1 for m in self.milestones if epoch >= m))
+        return self.base_lr * self.gamma ** cuts
 
     def step(self):
         self.epoch += 1
@@ -235,11 +241,12 @@ class StepLR:
         return self.optimizer.lr
 
     def state_dict(self):
-        return {"milestones": list(self.milestones), "gamma": self.gamma,
+        return {"milestones": list(self.milestones), "every": self.every, "gamma": self.gamma,
                 "base_lr": self.base_lr, "epoch": self.epoch}
 
     def load_state_dict(self, state):
         self.milestones = [int(m) for m in state["milestones"]]
+        self.every = state.get("every")          # absent in checkpoints before every=
         self.gamma = float(state["gamma"])
         self.base_lr = float(state["base_lr"])
         self.epoch = int(state["epoch"])

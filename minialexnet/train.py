@@ -378,8 +378,8 @@ def make_schedule(cfg, optimizer):
         return ReduceLROnPlateau(optimizer, patience=cfg["patience"],
                                  max_reductions=cfg["max_reductions"])
     if cfg["schedule"] == "step":
-        every = cfg["step_epochs"]
-        return StepLR(optimizer, milestones=range(every, max(cfg["epochs"], every) + 1, every))
+        # every=, not milestones up to --epochs: a resumed run may extend --epochs
+        return StepLR(optimizer, every=cfg["step_epochs"])
     if cfg["schedule"] == "none":
         return None
     raise ConfigError(f"unknown schedule {cfg['schedule']!r}: plateau, step or none")

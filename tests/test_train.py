@@ -92,6 +92,15 @@ def test_resume_is_bit_identical_on_fake_gpus(tmp_path, monkeypatch):
         np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
 
 
+def test_step_schedule_follows_the_epochs_of_a_resumed_run(tmp_path):
+    """B8: extending --epochs on resume extends the step schedule's cuts."""
+    kw = dict(schedule="step", step_epochs=1, lr=0.01, n_train=64, n_val=16)
+    train.run(cfg(tmp_path, epochs=1, **kw), log=lambda *a: None)
+    t = train.run(cfg(tmp_path, epochs=3, resume=True, **kw), log=lambda *a: None)
+    assert [r["lr"] for r in t.history] == pytest.approx([0.01, 0.001, 0.0001])
+    assert t.optimizer.lr == pytest.approx(0.00001)          # cut after epochs 1, 2, 3
+
+
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, monkeypatch, capsys):
     real = train.Trainer.train_step
     calls = {"n": 0}
