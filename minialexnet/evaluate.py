@@ -9,6 +9,10 @@ only the checkpoint is needed; ``--dataset``/``--data-dir``/``--n`` override the
 import argparse
 import sys
 
+if __name__ == "__main__":        # the command line: CPU tuning before NumPy loads (cpu.py)
+    from .cpu import tune
+    tune()
+
 from . import backend, data
 from .errors import MinialexnetError
 from .predict import load_model

@@ -9,6 +9,10 @@ training mean image is subtracted.
 import argparse
 import sys
 
+if __name__ == "__main__":        # the command line: CPU tuning before NumPy loads (cpu.py)
+    from .cpu import tune
+    tune()
+
 from . import backend, data
 from .backend import np
 from .checkpoint import CheckpointError, load_checkpoint

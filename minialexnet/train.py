@@ -29,6 +29,10 @@ import signal
 import sys
 import time
 
+if __name__ == "__main__":        # the command line: CPU tuning before NumPy loads (cpu.py)
+    from .cpu import tune
+    tune()
+
 from . import backend, data
 from .backend import np
 from .checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
