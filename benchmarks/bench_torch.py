@@ -465,25 +465,28 @@ def main(args):
     if args.memory_child:
         memory_child(args.memory_child, args)
         return
-    if not import_torch():
+    sections = set(args.sections.split(","))
+    # The CuPy section (gpu_check.sh runs it alone) and the GEMM peak need no torch.
+    if sections & {"nets", "layers", "memory"} and not import_torch():
         sys.exit("bench_torch.py needs PyTorch (pip install torch --index-url "
                  "https://download.pytorch.org/whl/cpu)")
-    torch.set_num_threads(args.threads)
+    if torch is not None:
+        torch.set_num_threads(args.threads)
     parallel.set_threads(args.threads)
     backend.use("numpy", seed=0)
     global SETTLE_S, TORCH_MALLOC
     TORCH_MALLOC = args.torch_malloc
     if args.tiny:
         args.repeats, args.warmup, SETTLE_S = 1, 0, 0.0
-    sections = set(args.sections.split(","))
-    print(f"# minialexnet vs PyTorch {torch.__version__} CPU, {time.strftime('%Y-%m-%d %H:%M %Z')}")
+    torch_version = torch.__version__ if torch is not None else "(not used)"
+    print(f"# minialexnet vs PyTorch {torch_version} CPU, {time.strftime('%Y-%m-%d %H:%M %Z')}")
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{args.threads} threads, numpy {np.__version__}, python {platform.python_version()}")
     print(f"# minialexnet/cpu.py tune(): OpenBLAS threads sleep when idle: "
           f"{TUNING.blas_sleeps_when_idle}; freed memory kept by malloc: "
           f"{TUNING.malloc_keeps_freed} (torch's side: "
           f"{'glibc defaults' if args.torch_malloc == 'glibc' else 'the same'})")
-    results = {"threads": args.threads, "torch": torch.__version__, "numpy": np.__version__,
+    results = {"threads": args.threads, "torch": torch_version, "numpy": np.__version__,
                "date": time.strftime("%Y-%m-%d %H:%M %Z"),
                "blas_sleeps_when_idle": TUNING.blas_sleeps_when_idle,
                "malloc_keeps_freed": TUNING.malloc_keeps_freed, "torch_malloc": args.torch_malloc}
