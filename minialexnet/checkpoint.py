@@ -19,6 +19,7 @@ import tempfile
 import zipfile
 
 from .backend import np, to_numpy
+from .errors import CheckpointError
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "check_compatible",
            "generator_state", "set_generator_state"]
@@ -26,11 +27,6 @@ __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "check_compa
 META_KEY = "__meta__"
 FORMAT_KEY = "__minialexnet_checkpoint__"
 FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt, not a checkpoint, or for another model.
-    The message names the file and the problem."""
 
 
 def _json_default(o):

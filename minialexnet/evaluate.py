@@ -9,9 +9,12 @@ only the checkpoint is needed; ``--dataset``/``--data-dir``/``--n`` override the
 import argparse
 import sys
 
+if __name__ == "__main__":        # the command line: CPU tuning before NumPy loads (cpu.py)
+    from .cpu import tune
+    tune()
+
 from . import backend, data
-from .checkpoint import CheckpointError
-from .layers import ShapeError
+from .errors import MinialexnetError
 from .predict import load_model
 
 
@@ -46,7 +49,7 @@ def main(argv=None):
         if not a.no_ten_crop:
             rows.append(("ten-crop", evaluate(model, ds, cfg["crop"], mean, a.batch_size,
                                               ten_crop=True, device=a.device, std=std)))
-    except (data.DataError, CheckpointError, backend.BackendError, ShapeError, ValueError) as e:
+    except MinialexnetError as e:       # a user's mistake; anything else is a bug: traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     for label, r in rows:

@@ -77,22 +77,31 @@ class HealthMonitor:
         kind = _kind(name)
         if kind is None:
             return
+        # Sums per tower, each on its own device; only Python floats leave it.
+        sums = [self._sums(kind, p) for p in _parts(out)]
+        n, s1, s2 = (sum(t[i] for t in sums) for i in range(3))
         stats = self._pending["layers"].setdefault(name, {})
-        parts = _parts(out)
         if kind in ("conv", "fc"):
-            n = sum(int(p.size) for p in parts)
-            s1 = sum(float(p.sum(dtype="float64")) for p in parts)
-            s2 = sum(float((p.astype("float64") ** 2).sum()) for p in parts)
             mean = s1 / n
             stats["act_mean"] = mean
             stats["act_std"] = max(s2 / n - mean * mean, 0.0) ** 0.5
         elif kind == "relu":
-            units = sum(int(p[0].size) for p in parts)
-            dead = sum(int((~(p > 0).any(axis=0)).sum()) for p in parts)
-            stats["dead"] = dead / units
+            stats["dead"] = s1 / n
         else:
-            n = sum(int(p.size) for p in parts)
-            stats["saturated"] = sum(int((abs(p) > SATURATED).sum()) for p in parts) / n
+            stats["saturated"] = s1 / n
+
+    @staticmethod
+    def _sums(kind, p):
+        """(count, first, second) of one tower's output: for conv/fc the number of
+        values, their sum and sum of squares; for relu the units and the dead ones;
+        for tanh the values and the saturated ones."""
+        with backend.device(backend.get_device_id(p)):
+            if kind in ("conv", "fc"):
+                return (int(p.size), float(p.sum(dtype="float64")),
+                        float((p.astype("float64") ** 2).sum()))
+            if kind == "relu":
+                return int(p[0].size), int((~(p > 0).any(axis=0)).sum()), 0
+            return int(p.size), int((abs(p) > SATURATED).sum()), 0
 
     def after_update(self, step, optimizer):
         """Add ||v|| / ||W|| per layer (weights only, towers pooled); return the record."""

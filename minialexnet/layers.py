@@ -18,16 +18,15 @@ tests/test_reference.py); each class below says what it does differently and wha
 that gained (measured on a 2-core AVX-512 CPU, NumPy against PyTorch 2.13).
 """
 
+import zlib
+
 from . import backend
+from .errors import ConfigError, ShapeError
 from .im2col import col2im_nhwc, conv_output_size, im2col_nhwc
 from .parallel import parallel_for
 
 __all__ = ["Layer", "Conv2D", "ReLU", "Tanh", "LocalResponseNorm", "MaxPool2D",
            "Dropout", "Linear", "Flatten", "SoftmaxCrossEntropy", "ShapeError"]
-
-
-class ShapeError(ValueError):
-    """An input of the wrong rank, size or channel count, or labels out of range."""
 
 
 class Layer:
@@ -88,7 +87,11 @@ def _min_rows(x, min_bytes=1 << 18):
 
 def _blocks(x, lo, hi, nbytes=1 << 20):
     """Slices of images lo..hi of about ``nbytes`` each (cache-sized): layers that
-    make several passes over their data do all passes on one block, then the next."""
+    make several passes over their data do all passes on one block, then the next.
+    One slice where the backend does not prefer cache blocking (a GPU: one kernel per
+    pass, not one per image; AlexNet's LRN1 at batch 128 made about 1,660 launches)."""
+    if not backend.current().prefers_cache_blocking:
+        return [slice(lo, hi)]
     per = max(1, nbytes // max(1, x[0].size * x.itemsize))
     return [slice(i, min(hi, i + per)) for i in range(lo, hi, per)]
 
@@ -125,7 +128,8 @@ class Conv2D(Layer):
       small batches) they are built once, in one buffer, and backward reuses
       them.  Otherwise the batch goes through in chunks of about ``chunk_bytes``
       of columns: the column buffer is reused (no 500 MB array per call), and
-      backward rebuilds the columns of each chunk from the cached input.
+      backward rebuilds the columns of each chunk from the cached input.  On a
+      backend that does not prefer cache blocking (CuPy) the batch is one chunk.
     - Copies in and out of columns run on ``parallel.threads()`` threads, split
       over the images of the chunk; the matrix multiplies use BLAS's threads.
 
@@ -198,7 +202,8 @@ class Conv2D(Layer):
         if self._transposed_ok():
             per_image = max(per_image, H * W * kh * kw * self.out_channels)
         per_image *= x.dtype.itemsize
-        if N * per_image <= self.keep_columns_bytes:
+        # A GPU takes the batch in one chunk (one GEMM, not one per cache-sized chunk).
+        if N * per_image <= self.keep_columns_bytes or not backend.current().prefers_cache_blocking:
             nb = N                                       # one chunk, kept for backward
         else:
             nb = max(1, min(N, self.chunk_bytes // max(1, per_image)))
@@ -586,31 +591,47 @@ class Dropout(Layer):
     Either way E[y_train] = y_test.  ``forward(x, mask=...)`` reuses a given mask
     (gradient checks need the same mask on every call).
     Nothing here is tuned: the reference's Dropout is the same computation.
+
+    The mask of a training forward is fixed by (the backend's seed, the layer's
+    ``name``, ``draw``), as the Loader's crops are by (seed, epoch, batch): nothing
+    depends on what was drawn before, so a resumed run draws what the straight run
+    drew.  Each drawn mask counts ``draw`` on by one; the Trainer sets it to the
+    optimiser step (``Network.set_draw``).  Layers with the same name draw the same
+    masks: the models name each tower's dropout (``drop6.tower0``).
     """
+
+    draw = 0
 
     def __init__(self, p=0.5, inverted=False, name=None):
         super().__init__(name)
         if not 0 <= p < 1:
-            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
+            raise ConfigError(f"Dropout: p must be in [0, 1), got {p}")
         self.p, self.inverted = p, inverted
 
     def forward(self, x, mask=None):
         keep = 1.0 - self.p
-        if not self.training:
-            self.scale = None
-            return x if self.inverted else x * x.dtype.type(keep)
-        if mask is None:
-            mask = backend.rng().random(x.shape, dtype=x.dtype) >= self.p
-        self.mask = mask
-        self.scale = x.dtype.type(1.0 / keep) if self.inverted else None
-        y = x * mask
-        return y * self.scale if self.inverted else y
+        if self.training:
+            if mask is None:
+                rng = backend.keyed_rng(zlib.crc32(self.name.encode()), self.draw)
+                self.draw += 1
+                mask = rng.random(x.shape, dtype=x.dtype) >= self.p
+            scale = 1.0 / keep if self.inverted else 1.0
+        else:
+            mask, scale = None, 1.0 if self.inverted else keep
+        # Cached: the mode forward ran in, so backward does not read ``training``
+        # (which may have changed since).
+        self.mask, self.scale = mask, x.dtype.type(scale)
+        return self._apply(x)
 
     def backward(self, dy):
-        if not self.training:
-            return dy if self.inverted else dy * dy.dtype.type(1.0 - self.p)
-        dx = dy * self.mask
-        return dx * self.scale if self.inverted else dx
+        return self._apply(dy)          # y = x * mask * scale is linear: dx = dy * mask * scale
+
+    def _apply(self, a):
+        """a * mask * scale, always a new array (never ``a`` itself, even in eval mode)."""
+        out = a * self.mask if self.mask is not None else a.copy()
+        if self.scale != 1:
+            out *= self.scale
+        return out
 
 
 class Linear(Layer):
@@ -642,14 +663,15 @@ class Linear(Layer):
         return y
 
     def backward(self, dy):
-        xp = backend.xp()
         W = self.params["W"]
-        g = self.grads.get("W")
-        if g is None or g.shape != W.shape or g.dtype != W.dtype:
-            g = xp.empty(W.shape, dtype=W.dtype)
-        # fc6's gradient is 150 MB: writing into last step's array avoids
-        # page-faulting a fresh one in on every step.
-        self.grads["W"] = xp.matmul(dy.T, self.x, out=g)
+        # A fresh array every step: a caller keeping last step's grads must not see
+        # them change.  Last step's is let go first, so that under cpu.tune() (the
+        # command-line tools and the benchmark keep freed memory) the new one reuses
+        # its pages: no page faults for fc6's 150 MB.  Without tune(), glibc maps
+        # blocks this large fresh, a page-fault pass over 150 MB per step, small
+        # next to a CPU AlexNet step of seconds; correctness first.
+        self.grads.pop("W", None)
+        self.grads["W"] = dy.T @ self.x
         self.grads["b"] = dy.sum(axis=0)
         self.x = None
         return dy @ W

@@ -70,14 +70,17 @@ value}; unnamed layers get 0) change it.  ``PIXEL_STD`` (64) is the standard dev
 of raw centred pixels: with ``--input-scale paper``, divide conv1's std by it.
 """
 
+import inspect
+
 from . import backend, layers as fast_layers, reference, towers as fast_towers
+from .errors import ConfigError, StateDictError
 
 __all__ = ["DEFAULT_LR", "default_lr", "Network", "AlexNet", "SmallAlexNet", "TorchvisionAlexNet", "FourLayerNet",
            "build_model", "from_config", "describe", "MODELS", "Summary", "StateDictError",
            "PAPER_NEURONS", "PAPER_BIAS"]
 
-# The net sees raw, mean-centred RGB values (paper 2), whose standard deviation is about
-# 64 on CIFAR-10 and ImageNet; init_std="fan-in" scales conv1 by it.
+# Raw, mean-centred RGB values (paper 2, ``--input-scale paper``) have a standard
+# deviation of about 64 on CIFAR-10 and ImageNet: conv1's init must be divided by it.
 PIXEL_STD = 64.0
 
 # The recipe's learning rate per model (SGD, momentum 0.9, batch 128, unit-scale
@@ -101,10 +104,6 @@ CONV1_NOTE = ("conv1: the paper states 253,440 neurons, but its 96 maps are 55x5
               "(Figure 2; 227x227 input, or 224 with padding): 290,400 neurons.  253,440 "
               "is 96 x 2,640, and 2,640 is no k x k, so the paper's number is inconsistent "
               "with its own shapes and cannot be reproduced")
-
-
-class StateDictError(ValueError):
-    """A state dict that does not fit the model (missing, extra or mis-shaped parameter)."""
 
 
 def _out(size, k, s, p=0):
@@ -202,13 +201,13 @@ def _devices(devices, towers):
         return (0,) * towers
     devices = tuple(int(d) for d in devices)
     if len(devices) != towers:
-        raise ValueError(f"devices={devices}: need one device per tower ({towers} towers)")
+        raise ConfigError(f"devices={devices}: need one device per tower ({towers} towers)")
     return devices
 
 
 def _split_width(total, towers, what):
     if total % towers:
-        raise ValueError(f"{what}={total} is not divisible by towers={towers}")
+        raise ConfigError(f"{what}={total} is not divisible by towers={towers}")
     return total // towers
 
 
@@ -275,6 +274,14 @@ class Network:
         for step in self.steps:
             step.train(mode)
         return self
+
+    def set_draw(self, n):
+        """The next training forward draws dropout masks number ``n`` (see
+        ``layers.Dropout``): the Trainer passes the step, so masks follow from
+        (seed, layer, step) and a resumed run draws what the straight one did."""
+        for _, layer, _ in self.named_layers():
+            if hasattr(layer, "draw"):
+                layer.draw = n
 
     def eval(self):
         return self.train(False)
@@ -395,7 +402,7 @@ def _alexnet_steps(b, *, input_size, num_classes, widths, fc, conv1, lrn, dropou
     """The paper's topology (3.5), split into ``len(b.devices)`` towers (3.2).
     ``activation``: "relu" (the paper's) or "tanh" (chapter 01's saturating control)."""
     if activation not in ("relu", "tanh"):
-        raise ValueError(f"activation must be 'relu' or 'tanh', not {activation!r}")
+        raise ConfigError(f"activation must be 'relu' or 'tanh', not {activation!r}")
     T = len(b.devices)
     c1, c2, c3, c4, c5 = (_split_width(w, T, f"conv{i + 1} width")
                           for i, w in enumerate(widths))
@@ -404,7 +411,7 @@ def _alexnet_steps(b, *, input_size, num_classes, widths, fc, conv1, lrn, dropou
     lrn_args = lrn_args or dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
     size = _out(input_size, k1, s1, p1)                       # 55 at 227
     if size < 3:
-        raise ValueError(f"input_size={input_size} is too small for conv1 {k1}x{k1}/{s1}")
+        raise ConfigError(f"input_size={input_size} is too small for conv1 {k1}x{k1}/{s1}")
 
     b.broadcast("to_towers")                                  # conv1 sees the whole image
     b.tower("conv1", "conv", cin=in_channels, cout=c1, k=k1, s=s1, p=p1)
@@ -429,7 +436,7 @@ def _alexnet_steps(b, *, input_size, num_classes, widths, fc, conv1, lrn, dropou
     b.tower("pool5", "pool", k=3, s=2)
     size = _out(size, 3, 2)                                   # 6
     if size < 1:
-        raise ValueError(f"input_size={input_size} is too small: pool5 has no output")
+        raise ConfigError(f"input_size={input_size} is too small: pool5 has no output")
     b.tower("flatten", "flatten")
     b.exchange("exchange6")                                   # fc6 sees both towers
     b.tower("fc6", "linear", cin=c5 * T * size * size, cout=f6)
@@ -526,7 +533,7 @@ class SmallAlexNet(AlexNet):
                  widths=None, fc=None, lrn=True, dropout=0.5, inverted_dropout=False,
                  init_std="he", init_bias=None, dtype=None, layers="fast", activation="relu"):
         if input_size < 15:
-            raise ValueError(f"small-alexnet: input_size must be at least 15, not {input_size}")
+            raise ConfigError(f"small-alexnet: input_size must be at least 15, not {input_size}")
         self.conv1_shape = (5, 1, 2) if input_size < 48 else (5, 2, 2)
 
         def scaled(base):
@@ -616,9 +623,9 @@ class FourLayerNet(Network):
                  pool="3/2", widths=(32, 32, 64), devices=None, init_std="fan-in",
                  init_bias=None, dtype=None, layers="fast"):
         if activation not in ("relu", "tanh"):
-            raise ValueError(f"fournet: activation must be 'relu' or 'tanh', not {activation!r}")
+            raise ConfigError(f"fournet: activation must be 'relu' or 'tanh', not {activation!r}")
         if pool not in ("3/2", "2/2"):
-            raise ValueError(f"fournet: pool must be '3/2' or '2/2', not {pool!r}")
+            raise ConfigError(f"fournet: pool must be '3/2' or '2/2', not {pool!r}")
         z, s = (3, 2) if pool == "3/2" else (2, 2)
         init_bias = dict({} if init_bias is None else init_bias)
         b = _Builder(_devices(devices, 1), _dtype(dtype), init_std, init_bias, layers)
@@ -664,15 +671,29 @@ MODELS = {
 }
 
 
+_alexnet_1tower.builds = _alexnet_half.builds = AlexNet   # (for _keywords)
+
+
+def _keywords(make):
+    """The keyword arguments a MODELS entry takes (a wrapper: its class's, but name)."""
+    target = getattr(make, "builds", make)
+    return [k for k in inspect.signature(target).parameters if target is make or k != "name"]
+
+
 def model_has_dropout(name):
     """True if model ``name`` takes a ``dropout`` argument (the AlexNet family)."""
-    return name in MODELS and name != "fournet"
+    return name in MODELS and "dropout" in _keywords(MODELS[name])
 
 
 def build_model(name, **kwargs):
     """A model by name (see the module docstring); kwargs override its defaults."""
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+        raise ConfigError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    known = _keywords(MODELS[name])
+    unknown = sorted(set(kwargs) - set(known))
+    if unknown:
+        raise ConfigError(f"{name}: unknown keyword argument{'s' if len(unknown) > 1 else ''} "
+                          f"{', '.join(unknown)} (it takes {', '.join(known)})")
     return MODELS[name](**kwargs)
 
 

@@ -33,6 +33,7 @@ an improvement only when it beats the best by more than ``threshold`` and, given
 """
 
 from . import backend
+from .errors import StateDictError
 from .parallel import parallel_for
 
 __all__ = ["SGD", "ReduceLROnPlateau", "StepLR"]
@@ -52,7 +53,8 @@ class SGD:
 
     ``decay_filter(name) -> bool`` (default: every parameter) chooses which
     parameters get weight decay.  ``block``: elements per cache block on the CPU
-    (None: whole arrays; default: blocks on NumPy, whole arrays elsewhere).
+    (None: whole arrays; default: blocks where the backend ``prefers_cache_blocking``,
+    NumPy, whole arrays on GPUs).
 
     Against the reference (``minialexnet.reference.SGD``: the two lines on whole
     arrays, bit for bit the same numbers): ``_update`` works in cache-sized blocks,
@@ -67,7 +69,7 @@ class SGD:
         self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
         self.decay_filter = decay_filter
         if block == "auto":
-            block = CPU_BLOCK if backend.current().name == "numpy" else None
+            block = CPU_BLOCK if backend.current().prefers_cache_blocking else None
         self.block = block
         self.steps = 0
         self.velocity = {}
@@ -153,9 +155,9 @@ class SGD:
         vel = state["velocity"]
         for name, v in self.velocity.items():
             if name not in vel:
-                raise KeyError(f"SGD.load_state_dict: no velocity for parameter {name!r}")
+                raise StateDictError(f"SGD.load_state_dict: no velocity for parameter {name!r}")
             if tuple(vel[name].shape) != tuple(v.shape):
-                raise ValueError(f"SGD.load_state_dict: velocity {name!r} has shape "
+                raise StateDictError(f"SGD.load_state_dict: velocity {name!r} has shape "
                                  f"{tuple(vel[name].shape)}, the parameter {tuple(v.shape)}")
         for name, v in self.velocity.items():
             dev = backend.get_device_id(v)
@@ -239,17 +241,21 @@ class StepLR:
     """A fixed schedule: lr = base_lr * gamma ** (number of milestones passed).
 
     ``milestones``: the epochs at which to divide by 10, e.g. (30, 60, 80) for a
-    90-epoch run that, like the paper's, reduces three times.  Call ``step()`` once at
-    the end of each epoch; ``epoch`` counts the calls.
+    90-epoch run that, like the paper's, reduces three times.  ``every=k`` instead
+    divides every k epochs with no last milestone.  Call ``step()`` once at the end of
+    each epoch; ``epoch`` counts the calls.
 
-    The milestones are part of the schedule's definition, not of its state: a resumed
-    run keeps the ones it is built with (``load_state_dict`` restores only the epoch
-    count and base rate), so extending a run's epochs moves its milestones with it.
+    The milestones (and ``every``) are part of the schedule's definition, not of its
+    state: a resumed run keeps the ones it is built with (``load_state_dict`` restores
+    only the epoch count and base rate), so extending a run's epochs moves its
+    milestones with it.
     """
 
-    def __init__(self, optimizer, milestones=(30, 60, 80), gamma=0.1, base_lr=None):
+    def __init__(self, optimizer, milestones=(30, 60, 80), gamma=0.1, base_lr=None,
+                 every=None):
         self.optimizer = optimizer
         self.milestones = sorted(int(m) for m in milestones)
+        self.every = None if every is None else int(every)
         self.gamma = float(gamma)
         self.base_lr = float(optimizer.lr if base_lr is None else base_lr)
         self.epoch = 0
@@ -266,7 +272,9 @@ class StepLR:
         return cls(optimizer, milestones, gamma)
 
     def lr_at(self, epoch):
-        return self.base_lr * self.gamma ** sum(1 for m in self.milestones if epoch >= m)
+        cuts = (epoch // self.every if self.every else
+                sum(1 for m in self.milestones if epoch >= m))
+        return self.base_lr * self.gamma ** cuts
 
     def step(self):
         self.epoch += 1
@@ -274,7 +282,7 @@ class StepLR:
         return self.optimizer.lr
 
     def state_dict(self):
-        return {"milestones": list(self.milestones), "gamma": self.gamma,
+        return {"milestones": list(self.milestones), "every": self.every, "gamma": self.gamma,
                 "base_lr": self.base_lr, "epoch": self.epoch}
 
     def load_state_dict(self, state):

@@ -9,9 +9,14 @@ training mean image is subtracted.
 import argparse
 import sys
 
+if __name__ == "__main__":        # the command line: CPU tuning before NumPy loads (cpu.py)
+    from .cpu import tune
+    tune()
+
 from . import backend, data
 from .backend import np
 from .checkpoint import CheckpointError, load_checkpoint
+from .errors import MinialexnetError
 
 
 def load_model(path, device=0):
@@ -59,7 +64,7 @@ def main(argv=None):
         backend.use(a.backend, devices=[a.device])
         model, meta, mean, std = load_model(a.checkpoint, a.device)
         results = predict_files(model, meta, mean, a.images, a.top, a.device, std)
-    except (data.DataError, CheckpointError, backend.BackendError, ValueError) as e:
+    except MinialexnetError as e:       # a user's mistake; anything else is a bug: traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     for path, top in results:

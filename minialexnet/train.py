@@ -10,8 +10,8 @@ gradient; SGD with momentum 0.9 and weight decay 0.0005 updates the weights.  Af
 each epoch the held-out split is evaluated (centre crop) and the learning rate is
 divided by 10 when the validation error stops improving.
 
-Never lose a run: checkpoints (weights, optimiser, schedule, RNG and loader state,
-config) are written atomically at the end of every epoch, every
+Never lose a run: checkpoints (weights, optimiser, schedule, loader state, config;
+dropout masks follow from (seed, layer, step), so no generator state) are written atomically at the end of every epoch, every
 ``--checkpoint-every`` steps and on Ctrl-C; ``--resume`` continues bit-identically.
 A NaN or infinite loss stops the run with one line and keeps the last good
 checkpoint.  Bad input (missing data, a checkpoint of another model, a GPU that is
@@ -29,11 +29,15 @@ import signal
 import sys
 import time
 
+if __name__ == "__main__":        # the command line: CPU tuning before NumPy loads (cpu.py)
+    from .cpu import tune
+    tune()
+
 from . import backend, cli, data, reference
 from .backend import np
-from .checkpoint import (CheckpointError, check_compatible, generator_state, load_checkpoint,
-                         save_checkpoint, set_generator_state)
-from .layers import ShapeError, SoftmaxCrossEntropy
+from .checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
+from .errors import ConfigError, MinialexnetError, TrainingDiverged
+from .layers import SoftmaxCrossEntropy
 from .metrics import ErrorMeter, topk_correct
 from .models import DEFAULT_LR, build_model, default_lr, describe, model_has_dropout
 from .health import HealthMonitor
@@ -43,15 +47,18 @@ __all__ = ["Trainer", "TrainingDiverged", "evaluate", "predict_batches", "defaul
            "prepare_data", "main"]
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
-
-
 # ---------------------------------------------------------------- configuration
 # Per dataset: image side as stored and the random-crop side fed to the net.
-# 28 of 32 and 56 of 64 mirror the paper's 227 of 256 (section 4.1).
-DATASET_SIZES = {"synthetic": (32, 28), "cifar10": (32, 28), "imagenette": (256, 227),
+# 28 of 32 and 56 of 64 mirror the paper's 227 of 256 (section 4.1).  None: the side
+# the data has, known once it is loaded (``fit_sizes``): Imagenette is 256 px from
+# its folders, 224 px from the packed files.
+DATASET_SIZES = {"synthetic": (32, 28), "cifar10": (32, 28), "imagenette": (None, None),
                  "imagenet-folder": (256, 227)}
+# The crop for images stored at a given side.  Images are never upscaled to make room
+# for a crop (224 -> 256 invents pixels and costs a third more memory): packed
+# Imagenette gets 199 of 224, the paper's 227 of 256 in proportion, and (199 - 11) / 4
+# is whole as (227 - 11) / 4 is, so conv1's stride-4 windows tile the crop.
+CROP_FOR_SIDE = {256: 227, 224: 199, 64: 56, 32: 28}
 
 
 def _recipe_help():
@@ -82,7 +89,7 @@ def default_config(**overrides):
     )
     unknown = set(overrides) - set(cfg)
     if unknown:
-        raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        raise ConfigError(f"unknown config keys: {sorted(unknown)}")
     cfg.update(overrides)
     for k, v in DATASET_DEFAULTS.get(cfg["dataset"], OTHER_DEFAULTS).items():
         if cfg[k] is None:
@@ -120,11 +127,22 @@ def input_std(train, mean, cfg):
     paper's raw mean-subtracted 0..255 pixels)."""
     scale = cfg.get("input_scale", "paper")   # a checkpoint from before the key: raw pixels
     if scale not in INPUT_SCALES:
-        raise ValueError(f"input_scale must be one of {INPUT_SCALES}, not {scale!r}")
+        raise ConfigError(f"input_scale must be one of {INPUT_SCALES}, not {scale!r}")
     if scale == "paper":
         return None
     return data.channel_std(train.x, mean, data.stats_file(train, "std"),
                             progress_bar=cfg.get("progress", True))
+
+
+def fit_sizes(cfg, train):
+    """``cfg`` with image_size and crop filled in from the loaded training images
+    (``CROP_FOR_SIDE``); a ConfigError if the crop is larger than the images."""
+    side = train.image_shape[0]
+    crop = cfg["crop"] or CROP_FOR_SIDE.get(side, side * 227 // 256)
+    if crop > side:
+        raise ConfigError(f"crop {crop} does not fit the {side}-px images of {cfg['dataset']} "
+                          f"(images are never upscaled): use a crop of at most {side}")
+    return dict(cfg, image_size=cfg["image_size"] or side, crop=crop)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -217,12 +235,18 @@ class Trainer:
         """Forward, backward and the SGD update for one batch; returns (loss, logits).
         Every ``health_every`` steps the health monitor watches this same step."""
         x = backend.to_device(backend.xp().asarray(x), self.device)
-        y = backend.to_device(backend.xp().asarray(y), self.device)
         step = self.step + 1
+        self.model.set_draw(self.step)       # dropout masks from (seed, layer, step)
         logits = self.model.forward(x, record=self.monitor.hook(step))
-        loss = self.criterion.forward(logits, y)
+        # The loss runs where the logits are (the model's first device, fc8's), so
+        # that its labels, arange and dlogits are made there, not on device 0.
+        home = backend.get_device_id(logits)
+        with backend.device(home):
+            y = backend.to_device(y, home)
+            loss = self.criterion.forward(logits, y)
+            dlogits = self.criterion.backward()
         # Training never needs dL/d(image): skip conv1's most expensive product.
-        self.model.backward(self.criterion.backward(), input_grad=False)
+        self.model.backward(dlogits, input_grad=False)
         self.optimizer.step(self.model.grads())
         rec = self.monitor.after_update(step, self.optimizer)
         if rec is not None:
@@ -381,7 +405,8 @@ class Trainer:
             "schedule": self.schedule.state_dict() if self.schedule else None,
             "loader": loader_state,
             "epoch_stats": self._epoch_stats,
-            "rng": generator_state(backend.rng()) if backend.current().name == "numpy" else None,
+            # No generator state: dropout masks are keyed by (seed, layer, step)
+            # (layers.Dropout); the Loader's crops by (seed, epoch, batch).
         }
         return arrays, meta
 
@@ -406,8 +431,6 @@ class Trainer:
         self.epoch, self.step, self.history = meta["epoch"], meta["step"], meta["history"]
         self.health = list(meta.get("health") or [])
         self._epoch_stats = meta.get("epoch_stats") or self._fresh_stats()
-        if meta.get("rng") and backend.current().name == "numpy":
-            set_generator_state(backend.rng(), meta["rng"])
         self.last_good_checkpoint = path
         return meta
 
@@ -434,11 +457,11 @@ def make_schedule(cfg, optimizer, n_val=None):
         return StepLR.at_fractions(optimizer, cfg["epochs"],
                                    cfg.get("step_fractions", (0.5, 0.75, 0.9)))
     if kind == "step":
-        every = cfg["step_epochs"]
-        return StepLR(optimizer, milestones=range(every, max(cfg["epochs"], every) + 1, every))
+        # every=, not milestones up to --epochs: a resumed run may extend --epochs
+        return StepLR(optimizer, every=cfg["step_epochs"])
     if kind == "none":
         return None
-    raise ValueError(f"unknown schedule {kind!r}: {', '.join(SCHEDULES)}")
+    raise ConfigError(f"unknown schedule {kind!r}: {', '.join(SCHEDULES)}")
 
 
 # ---------------------------------------------------------------- command line
@@ -562,6 +585,7 @@ def run(cfg, log=print):
         cfg = {**saved, **keep}
         backend.use(cfg["backend"], seed=cfg["seed"], devices=cfg["devices"])
     train, val, mean, std, pca = prepare_data(cfg)
+    cfg = fit_sizes(cfg, train)
     model = make_model(cfg, train.num_classes)
     trainer = Trainer(model, train, val, mean, cfg, pca=pca, log=log, std=std)
     if cfg["resume"]:
@@ -588,7 +612,7 @@ def main(argv=None):
     except TrainingDiverged as e:
         print(f"stopped: {e}", file=sys.stderr)
         return 1
-    except (data.DataError, CheckpointError, backend.BackendError, ShapeError, ValueError) as e:
+    except MinialexnetError as e:       # a user's mistake; anything else is a bug: traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     if trainer.history:

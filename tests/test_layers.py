@@ -9,7 +9,8 @@ import pytest
 
 from minialexnet import backend, layers, reference
 from minialexnet.gradcheck import gradcheck
-from minialexnet.layers import Conv2D, ShapeError, SoftmaxCrossEntropy
+from minialexnet.layers import (Conv2D, Dropout, Linear, LocalResponseNorm, MaxPool2D, ShapeError,
+                               SoftmaxCrossEntropy)
 
 TOL = 1e-6  # max relative error of any gradient, float64 central differences
 
@@ -281,3 +282,99 @@ def test_bad_inputs_raise_clear_errors(L):
         loss.forward(np.zeros((2, 3), np.float32), np.array([0, 1, 2]))
     with pytest.raises(ValueError, match="p must be"):
         L.Dropout(1.0)
+
+
+# ---------------------------------------------------------------- backend capabilities
+def capable(name, host_threads=True, blocking=True):
+    """A NumPy backend named ``name`` that says it can (or cannot) do these things."""
+    b = backend.Backend(name, np)
+    b.host_threads, b.prefers_cache_blocking = host_threads, blocking
+    return backend.use(b)
+
+
+@pytest.mark.parametrize("name", ["numpy", "cupy"])
+def test_threads_follow_the_backend_capability_not_its_name(name, monkeypatch):
+    from minialexnet import parallel
+    monkeypatch.setattr(parallel, "_threads", 2)
+    for threads in (True, False):
+        capable(name, host_threads=threads)
+        calls = []
+        parallel.parallel_for(8, lambda lo, hi: calls.append((lo, hi)))
+        assert len(calls) == (2 if threads else 1), (name, threads)
+
+
+@pytest.mark.parametrize("name", ["numpy", "cupy"])
+def test_cache_blocking_follows_the_backend_capability_not_its_name(name, monkeypatch):
+    """Blocked on a CPU, one pass over the whole batch where the backend does not
+    prefer cache blocking (CuPy): LRN, pooling, col2im, Conv2D's chunks, SGD."""
+    from minialexnet import layers, optim, parallel
+    monkeypatch.setattr(parallel, "_threads", 1)
+    x = rnd(8, 64, 32, 32).astype(np.float32)      # 256 KB an image
+    counts, outputs = {}, {}
+
+    def spy(owner, attr, key):
+        real = getattr(owner, attr)
+
+        def counted(*a, **k):
+            counts[key] = counts.get(key, 0) + 1
+            return real(*a, **k)
+        monkeypatch.setattr(owner, attr, staticmethod(counted) if isinstance(
+            owner.__dict__.get(attr), staticmethod) else counted)
+    spy(LocalResponseNorm, "_window_sum", "lrn")
+    spy(MaxPool2D, "_slice", "pool")
+    spy(layers, "col2im_nhwc", "col2im")
+    spy(Conv2D, "_columns", "conv")
+    for blocking in (True, False):
+        capable(name, blocking=blocking)
+        counts.clear()
+        lrn, pool = LocalResponseNorm(), MaxPool2D()
+        conv = Conv2D(64, 4, 3, stride=2)
+        conv.keep_columns_bytes, conv.chunk_bytes, conv.col2im_block_bytes = 0, 1, 1
+        out = [lrn.forward(x), pool.forward(x), conv.forward(x)]
+        out += [lrn.backward(out[0]), pool.backward(out[1]), conv.backward(out[2])]
+        outputs[blocking] = out
+        opt = optim.SGD({"w": np.zeros(10, np.float32)})
+        assert (opt.block is not None) == blocking
+        if blocking:    # 1 MB blocks of 256 KB images; chunks of one image
+            assert counts == {"lrn": 2 * 2, "pool": 1 + 2 * 9 + 2 * 9, "conv": 8 + 8,
+                              "col2im": 8}, counts
+        else:           # one pass each
+            assert counts == {"lrn": 2, "pool": 1 + 9 + 9, "conv": 1, "col2im": 1}, counts
+    for a, b in zip(outputs[True], outputs[False]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)   # float32 GEMM order
+
+
+# ---------------------------------------------------------------- B6: no aliasing, modes
+@pytest.mark.parametrize("inverted", [False, True])
+def test_dropout_returns_new_arrays_in_eval_mode(inverted):
+    x, dy = rnd(3, 5), rnd(3, 5, seed=1)
+    d = Dropout(0.5, inverted=inverted).eval()
+    y = d.forward(x)
+    dx = d.backward(dy)
+    assert not np.shares_memory(y, x) and not np.shares_memory(dx, dy)
+    np.testing.assert_array_equal(y, x if inverted else 0.5 * x)
+    np.testing.assert_array_equal(dx, dy if inverted else 0.5 * dy)
+
+
+@pytest.mark.parametrize("inverted", [False, True])
+def test_dropout_backward_uses_the_mode_forward_used(inverted):
+    x, dy = np.abs(rnd(4, 50)) + 0.1, rnd(4, 50, seed=1)
+    d = Dropout(0.5, inverted=inverted)
+    y = d.forward(x)                          # training: a mask
+    d.eval()
+    np.testing.assert_array_equal(d.backward(dy), dy * (y / x))      # the same mask
+    y = d.forward(x)                          # eval: no mask
+    d.train()
+    np.testing.assert_array_equal(d.backward(dy), dy * (y / x))
+
+
+def test_linear_gives_fresh_gradients_each_step():
+    fc = Linear(6, 4)
+    fc.forward(rnd(3, 6))
+    fc.backward(rnd(3, 4, seed=1))
+    kept = fc.grads["W"]
+    before = kept.copy()
+    fc.forward(rnd(3, 6, seed=2))
+    fc.backward(rnd(3, 4, seed=3))
+    assert fc.grads["W"] is not kept
+    np.testing.assert_array_equal(kept, before)     # a caller's grads stay as they were

@@ -220,6 +220,59 @@ def test_cupy_backend_has_one_generator_per_device():
     assert b.rng.seed == 3
 
 
+def test_cupy_keyed_generators_are_made_on_the_current_device():
+    """B4 on CuPy: a dropout mask's generator is made from (seed, *key) alone, on the
+    device that is current (tower 1's on GPU 1), with calls real CuPy has."""
+    import cupy_surface
+    current = [0]
+
+    class Device:
+        def __init__(self, i=None):
+            self.id = current[0] if i is None else i
+
+        def __enter__(self):
+            self.prev, current[0] = current[0], self.id
+
+        def __exit__(self, *exc):
+            current[0] = self.prev
+
+    rec = cupy_surface.Recorder()
+
+    def Philox4x3210(seed, **kw):
+        rec.add("function", "random.Philox4x3210", 1, kw)
+        return types.SimpleNamespace(device=current[0], seed=list(seed))
+
+    def Generator(bitgen, **kw):
+        rec.add("function", "random.Generator", 1, kw)
+        return types.SimpleNamespace(device=bitgen.device, seed=bitgen.seed)
+
+    cupy = types.SimpleNamespace(
+        cuda=types.SimpleNamespace(Device=Device,
+                                   runtime=types.SimpleNamespace(getDeviceCount=lambda: 2)),
+        random=types.SimpleNamespace(Philox4x3210=Philox4x3210, Generator=Generator))
+    b = backend.CupyBackend(cupy, seed=7)
+    with Device(1):
+        g = b.keyed_rng(11, 3)
+    assert (g.device, g.seed) == (1, [7, 11, 3])
+    assert b.keyed_rng(11, 3).seed == g.seed and b.keyed_rng(11, 4).seed != g.seed
+    pytest.importorskip("cupy")
+    assert not cupy_surface.check_against_cupy(rec)
+
+
+def test_dropout_masks_follow_seed_name_and_draw():
+    from minialexnet.layers import Dropout
+    x = np.ones((4, 50), np.float32)
+    a, b = Dropout(name="drop6.tower0"), Dropout(name="drop6.tower1")
+    m0 = a.forward(x)
+    assert a.draw == 1 and (a.forward(x) != m0).any()          # the next draw differs
+    a.draw = 0
+    np.testing.assert_array_equal(a.forward(x), m0)             # same (seed, name, draw)
+    assert (b.forward(x) != m0).any()                           # another tower's mask
+    backend.use("numpy", seed=1)
+    a.draw = 0
+    assert (a.forward(x) != m0).any()                           # another seed
+
+
 # ---------------------------------------------------------------- (c) PyTorch, grouped convs
 def torch_grouped_alexnet(params, x, lrn_alpha, masks=None, eval_scale=None):
     """The two-tower net as ONE network: grouped convolutions (groups=2) for conv2,

@@ -74,6 +74,34 @@ def test_resume_is_bit_identical_to_a_straight_run(tmp_path, stop):
         assert [r[key] for r in ma["history"]] == [r[key] for r in mb["history"]], key
 
 
+def test_resume_is_bit_identical_on_fake_gpus(tmp_path, monkeypatch):
+    """B4: with one generator per device (as on CuPy, re-seeded on resume) resume is
+    still bit-identical: dropout masks come from (seed, layer, step), not from a
+    generator's state.  Two towers on two fake devices."""
+    from fake_devices import FakeDevices
+    real_use = backend.use
+    monkeypatch.setattr(backend, "use", lambda name, seed=0, devices=None:
+                        real_use(FakeDevices(2, seed=seed)))
+    kw = dict(model="small-alexnet", devices=[0, 1], epochs=5, model_kwargs={"width": 0.25})
+    train.run(cfg(tmp_path / "a", max_steps=3, **kw), log=lambda *a: None)
+    train.run(cfg(tmp_path / "b", max_steps=1, **kw), log=lambda *a: None)
+    train.run(cfg(tmp_path / "b", max_steps=3, resume=True, **kw), log=lambda *a: None)
+    wa, ma = weights(tmp_path / "a" / "run" / "checkpoint.npz")
+    wb, mb = weights(tmp_path / "b" / "run" / "checkpoint.npz")
+    assert ma["step"] == mb["step"] == 3 and any(".tower1." in k for k in wa)
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
+
+
+def test_step_schedule_follows_the_epochs_of_a_resumed_run(tmp_path):
+    """B8: extending --epochs on resume extends the step schedule's cuts."""
+    kw = dict(schedule="step", step_epochs=1, lr=0.01, n_train=64, n_val=16)
+    train.run(cfg(tmp_path, epochs=1, **kw), log=lambda *a: None)
+    t = train.run(cfg(tmp_path, epochs=3, resume=True, **kw), log=lambda *a: None)
+    assert [r["lr"] for r in t.history] == pytest.approx([0.01, 0.001, 0.0001])
+    assert t.optimizer.lr == pytest.approx(0.00001)          # cut after epochs 1, 2, 3
+
+
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, monkeypatch, capsys):
     real = train.Trainer.train_step
     calls = {"n": 0}
@@ -135,6 +163,104 @@ def test_bad_input_gets_one_line_not_a_traceback(args, expect, capsys):
     assert code == 2 and len(err) == 1 and expect in err[0], err
 
 
+@pytest.mark.parametrize("args,expect", [
+    (["--model", "nosuch"], "unknown model 'nosuch'"),
+    (["--model-kwargs", '{"bogus": 1}'], "unknown keyword argument bogus"),
+    (["--model-kwargs", '{"width": 3}', "--model", "fournet"], "unknown keyword argument width"),
+    # (--batch-size 0 is refused at parse time: test_recipe's CLI table)
+    (["--n-train", "16", "--batch-size", "32"], "make no batch"),
+])
+def test_bad_settings_get_one_line_too(args, expect, capsys):
+    code = train.main(args + ["--no-progress", "--out", "", "--n-val", "8"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and expect in err[0], err
+
+
+def test_every_user_error_is_a_minialexnet_error():
+    """B5: the tools catch MinialexnetError only; each class keeps its old base."""
+    from minialexnet import errors, layers, models
+    from minialexnet.data.download import DownloadError
+    bases = {data.DataError: ValueError, CheckpointError: ValueError,
+             backend.BackendError: RuntimeError, layers.ShapeError: ValueError,
+             models.StateDictError: ValueError, train.TrainingDiverged: RuntimeError,
+             errors.ConfigError: ValueError, DownloadError: ValueError}
+    for cls, old in bases.items():
+        assert issubclass(cls, errors.MinialexnetError) and issubclass(cls, old), cls
+
+
+BUG = ValueError("operands could not be broadcast together with shapes (2,3) (4,)")
+
+
+def _a_bug(*args, **kwargs):
+    raise BUG
+
+
+def test_a_programming_error_in_train_keeps_its_traceback(monkeypatch):
+    """B5: a ValueError that is not the library's (a bug) is not an "error:" line."""
+    monkeypatch.setattr(train.Trainer, "train_step", _a_bug)
+    with pytest.raises(ValueError) as e:
+        train.main(["--model", "fournet", "--n-train", "64", "--n-val", "16",
+                    "--batch-size", "32", "--out", "", "--no-progress"])
+    assert e.value is BUG
+
+
+def test_a_programming_error_in_evaluate_and_predict_keeps_its_traceback(tmp_path, monkeypatch):
+    from minialexnet import predict
+    t = train.run(cfg(tmp_path, epochs=1), log=lambda *a: None)
+    monkeypatch.setattr(train, "evaluate", _a_bug)
+    with pytest.raises(ValueError) as e:
+        evaluate_main([t.last_good_checkpoint, "--n", "8"])
+    assert e.value is BUG
+    img = tmp_path / "x.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(img)
+    monkeypatch.setattr(predict, "predict_files", _a_bug)
+    with pytest.raises(ValueError) as e:
+        predict_main([t.last_good_checkpoint, str(img)])
+    assert e.value is BUG
+
+
+@pytest.mark.parametrize("model,devices", [("fournet", [1]), ("small-alexnet", [1, 1]),
+                                           ("small-alexnet", [1, 0])])
+def test_training_with_a_first_device_other_than_0(tmp_path, model, devices):
+    """B1: the loss, its labels and dlogits live where the logits do (the model's
+    first device), not on device 0.  Fake devices refuse any array met elsewhere."""
+    from fake_devices import FakeDevices
+    fake = backend.use(FakeDevices(2))
+    c = cfg(tmp_path, model=model, devices=devices, epochs=1, n_train=64, n_val=16,
+            out=None, model_kwargs={"width": 0.25} if model == "small-alexnet" else {})
+    train_set, val, mean, std, pca = train.prepare_data(c)
+    t = train.Trainer(train.make_model(c, train_set.num_classes), train_set, val, mean, c,
+                      log=lambda *a: None, std=std)
+    fake.transfers.clear()
+    t.run()
+    assert t.step == 2 and np.isfinite(t.history[0]["train_loss"])
+
+
+def packed_imagenette(root, side=224):
+    """A miniature of the packed Imagenette files (224-px JPEG containers)."""
+    from data_fixtures import make_jpeg_container, rgb_images
+    d = root / "imagenette"
+    d.mkdir(parents=True)
+    names = [f"class{i}" for i in range(10)]
+    make_jpeg_container(d / "imagenette224_train_0.npz", rgb_images(4, side, 1), [0, 1, 2, 3], names)
+    make_jpeg_container(d / "imagenette224_val.npz", rgb_images(2, side, 2), [0, 1], names)
+    return root
+
+
+def test_packed_imagenette_is_not_upscaled(tmp_path, monkeypatch):
+    """B7: the 224-px packed files are used as stored (not upscaled to 256), with the
+    paper's crop in proportion: 199 of 224 as 227 of 256."""
+    monkeypatch.setenv("MINIALEXNET_CACHE", str(tmp_path / "cache"))
+    c = cfg(tmp_path, dataset="imagenette", data_dir=str(packed_imagenette(tmp_path / "d")),
+            model="fournet", epochs=0, batch_size=2, out=None)
+    t = train.run(c, log=lambda *a: None)
+    assert t.train_set.image_shape == t.val_set.image_shape == (224, 224, 3)
+    assert (t.cfg["image_size"], t.cfg["crop"], t.model.input_size) == (224, 199, 199)
+    assert t.mean.shape == (224, 224, 3)
+    with pytest.raises(train.ConfigError, match="does not fit the 224-px images"):
+        train.run(dict(c, crop=227), log=lambda *a: None)
+
+
 def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     t = train.run(cfg(tmp_path, epochs=1), log=lambda *a: None)
     other = train.run(cfg(tmp_path / "o", epochs=0, model="small-alexnet"), log=lambda *a: None)
@@ -163,9 +289,11 @@ def test_evaluate_and_predict_tools(tmp_path, capsys):
 
 def test_cli_defaults_follow_the_paper_and_the_recipe():
     from minialexnet import models
-    paper = train.parse_args(["--model", "alexnet", "--dataset", "imagenette"])
+    paper = train.parse_args(["--model", "alexnet", "--dataset", "imagenet-folder"])
     assert paper["lr"] == 0.01 and paper["momentum"] == 0.9 and paper["weight_decay"] == 0.0005
     assert paper["batch_size"] == 128 and paper["model_kwargs"] == {} and paper["crop"] == 227
+    # Imagenette's side is known once loaded: 256 from folders, 224 from the packed files
+    assert train.parse_args(["--dataset", "imagenette"])["crop"] is None
     small = train.parse_args([])
     # The small nets' recipe lives in models.py (init) and models.DEFAULT_LR, once.
     assert small["model"] == "small-alexnet" and small["lr"] == models.default_lr("small-alexnet")

@@ -19,13 +19,10 @@ import os
 import tempfile
 
 from ..backend import np
+from ..errors import DataError
 
 ENV_DATA = "MINIALEXNET_DATA"
 ENV_CACHE = "MINIALEXNET_CACHE"
-
-
-class DataError(ValueError):
-    """Bad or missing data.  The message names the file and says what is wrong."""
 
 
 @dataclasses.dataclass

@@ -27,6 +27,7 @@ crops, flips and mean subtraction of a batch at once.
 import os
 
 from ..backend import np
+from ..errors import ConfigError
 from .common import save_npy_atomic
 from .images import progress
 
@@ -71,7 +72,7 @@ def random_crop_params(n, in_shape, size, rng, pad=0, flip=True):
     (a NumPy Generator) only, so the same generator state gives the same crops."""
     h, w = in_shape
     if size > h + 2 * pad or size > w + 2 * pad:
-        raise ValueError(f"crop {size} does not fit in {h}x{w} images padded by {pad}")
+        raise ConfigError(f"crop {size} does not fit in {h}x{w} images padded by {pad}")
     ys = rng.integers(0, h + 2 * pad - size + 1, n)
     xs = rng.integers(0, w + 2 * pad - size + 1, n)
     flips = rng.random(n) < 0.5 if flip else None

@@ -17,6 +17,8 @@ Tanh, Flatten and SoftmaxCrossEntropy have no faster version, so the fast module
 classes are the reference ones too (imported below).
 """
 
+import zlib
+
 from .. import backend
 from ..im2col import conv_output_size
 from ..layers import Flatten, Layer, ShapeError, SoftmaxCrossEntropy, Tanh
@@ -212,8 +214,12 @@ class Dropout(Layer):
         training:  mask ~ Bernoulli(1 - p), scale 1 / (1 - p);   test: scale 1
     Either way E[y_train] = y_test.  ``backward`` uses the mask and scale of the
     last forward, whatever the mode is now.  ``forward(x, mask=...)`` reuses a given
-    mask (gradient checks need the same mask on every call).
+    mask (gradient checks need the same mask on every call).  Mask number ``draw``
+    of the layer called ``name`` comes from a generator keyed on (seed, name, draw),
+    so a resumed run draws the masks the straight run drew.
     """
+
+    draw = 0
 
     def __init__(self, p=0.5, inverted=False, name=None):
         super().__init__(name)
@@ -227,7 +233,9 @@ class Dropout(Layer):
             self.mask, self.scale = None, x.dtype.type(1.0 if self.inverted else keep)
             return x * self.scale
         if mask is None:
-            mask = backend.rng().random(x.shape, dtype=x.dtype) >= self.p
+            rng = backend.keyed_rng(zlib.crc32(self.name.encode()), self.draw)
+            self.draw += 1
+            mask = rng.random(x.shape, dtype=x.dtype) >= self.p
         self.mask, self.scale = mask, x.dtype.type(1.0 / keep if self.inverted else 1.0)
         return x * mask * self.scale
 
