@@ -16,9 +16,9 @@ A dataset in minialexnet is three things (see ``Dataset``):
 import dataclasses
 import hashlib
 import os
-import tempfile
 
 from ..backend import np
+from ..files import atomic_write
 
 ENV_DATA = "MINIALEXNET_DATA"
 ENV_CACHE = "MINIALEXNET_CACHE"
@@ -98,20 +98,10 @@ def file_fingerprint(*paths):
 
 
 def save_npy_atomic(path, array):
-    """np.save to a temp file in the same directory, then rename: a crash never leaves a
-    half-written cache file that a later run would trust."""
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".npy")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """np.save through ``files.atomic_write``: a crash never leaves a half-written
+    cache file that a later run would trust."""
+    with atomic_write(path) as f:
+        np.save(f, array, allow_pickle=False)
 
 
 def load_npz_arrays(path, required):
