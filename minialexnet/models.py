@@ -60,12 +60,14 @@ for the small nets (see ``train.SMALL_NET_DEFAULTS``).
 """
 
 from . import backend
+from .errors import MinialexnetError
 from .layers import (Conv2D, Dropout, Flatten, Linear, LocalResponseNorm, MaxPool2D,
-                     ReLU, Tanh)
+                     ReLU, ShapeError, Tanh)
 from .towers import Broadcast, Exchange, Gather, OnDevice, TowerLayer
 
 __all__ = ["Network", "AlexNet", "SmallAlexNet", "TorchvisionAlexNet", "FourLayerNet",
            "build_model", "from_config", "describe", "MODELS", "Summary", "StateDictError",
+           "ModelSizeError", "MAX_PARAMS",
            "PAPER_NEURONS", "PAPER_BIAS"]
 
 # The net sees raw, mean-centred RGB values (paper 2), whose standard deviation is about
@@ -86,6 +88,17 @@ CONV1_NOTE = ("conv1: the paper states 253,440 neurons, but its 96 maps are 55x5
 
 class StateDictError(ValueError):
     """A state dict that does not fit the model (missing, extra or mis-shaped parameter)."""
+
+
+class ModelSizeError(MinialexnetError, ValueError):
+    """A model far bigger than minialexnet builds (``MAX_PARAMS``), refused before
+    its parameters are allocated."""
+
+
+#: The most parameters a model may have: 16x the paper's net (60,965,224), 4 GB of
+#: float32 weights (and as much again for gradients and for momentum).  Checked
+#: layer by layer before each layer allocates, so ``num_classes=1e9`` fails at once.
+MAX_PARAMS = 1_000_000_000
 
 
 def _out(size, k, s, p=0):
@@ -110,6 +123,22 @@ class _Builder:
         self.devices = tuple(int(d) for d in devices)
         self.dtype, self.init_std, self.init_bias = dtype, init_std, init_bias
         self.steps = []
+        self.num_params = 0
+
+    def _count(self, name, spec, copies):
+        """Add the layer's parameters to the total; refuse before allocating them if
+        the model would pass MAX_PARAMS."""
+        if spec["kind"] not in ("conv", "linear"):
+            return
+        n = spec["cout"] * (spec["cin"] * spec.get("k", 1) ** 2 + 1) * copies
+        self.num_params += n
+        if self.num_params > MAX_PARAMS:
+            itemsize = backend.xp().dtype(self.dtype).itemsize
+            raise ModelSizeError(
+                f"{name} alone would have {n:,.0f} parameters (the model so far "
+                f"{self.num_params:,.0f}, {self.num_params * itemsize / 1e9:,.1f} GB of "
+                f"weights): more than the {MAX_PARAMS:,} minialexnet builds (the paper's "
+                f"AlexNet has 60,965,224); check num_classes, widths and fc")
 
     def std(self, name, spec):
         s = self.init_std
@@ -125,23 +154,24 @@ class _Builder:
 
     def _make(self, name, spec):
         kind, a = spec["kind"], spec
+        # name=: a layer's errors name it (conv3, not Conv2D) from its constructor on.
         if kind == "conv":
             return lambda: Conv2D(a["cin"], a["cout"], a["k"], stride=a["s"], padding=a["p"],
                                   weight_std=self.std(name, a), bias=self.bias(name),
-                                  dtype=self.dtype)
+                                  dtype=self.dtype, name=name)
         if kind == "linear":
             return lambda: Linear(a["cin"], a["cout"], weight_std=self.std(name, a),
-                                  bias=self.bias(name), dtype=self.dtype)
+                                  bias=self.bias(name), dtype=self.dtype, name=name)
         if kind == "relu":
             return ReLU
         if kind == "tanh":
             return Tanh
         if kind == "lrn":
-            return lambda: LocalResponseNorm(a["size"], a["alpha"], a["beta"], a["k"])
+            return lambda: LocalResponseNorm(a["size"], a["alpha"], a["beta"], a["k"], name=name)
         if kind == "pool":
-            return lambda: MaxPool2D(a["k"], a["s"])
+            return lambda: MaxPool2D(a["k"], a["s"], name=name)
         if kind == "dropout":
-            return lambda: Dropout(a["p"], inverted=a["inverted"])
+            return lambda: Dropout(a["p"], inverted=a["inverted"], name=name)
         if kind == "flatten":
             return Flatten
         raise ValueError(f"unknown layer kind {kind!r}")
@@ -149,11 +179,13 @@ class _Builder:
     def tower(self, name, kind, **args):
         """One layer in every tower (each on its tower's device)."""
         spec = dict(kind=kind, **args)
+        self._count(name, spec, len(self.devices))
         self.steps.append(TowerLayer(name, self._make(name, spec), self.devices, spec))
 
     def single(self, name, kind, **args):
         """One layer on the first device."""
         spec = dict(kind=kind, **args)
+        self._count(name, spec, 1)
         self.steps.append(OnDevice(name, self._make(name, spec), self.devices[0], spec))
 
     def broadcast(self, name="to_towers"):
@@ -205,6 +237,10 @@ class Network:
     # ---------------------------------------------------------------- running
     def forward(self, x):
         """Images (N, C, H, W) -> logits (N, num_classes), on the first tower's device."""
+        if getattr(x, "ndim", None) == 4 and tuple(x.shape[1:]) != self.input_shape:
+            # Caught here, not as a puzzling feature count at fc6.
+            raise ShapeError(f"{self.name}: expected images of shape (N, "
+                             f"{', '.join(map(str, self.input_shape))}), got {tuple(x.shape)}")
         for step in self.steps:
             x = step.forward(x)
         return x
