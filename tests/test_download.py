@@ -57,7 +57,9 @@ def test_download_cifar10_from_local_server(server, tmp_path):
     got = download("cifar10", str(root), url=f"{base}/cifar-10-python.tar.gz",
                    md5=_md5(archive), progress_bar=False)
     assert got == str(root / "cifar-10-batches-py")
-    assert sorted(os.listdir(root)) == ["cifar-10-batches-py"]     # no temp files left
+    # No temp files left; the verified pickles converted once into the packed npz.
+    assert sorted(os.listdir(root)) == ["cifar-10-batches-py", "cifar10"]
+    assert sorted(os.listdir(root / "cifar10")) == ["cifar10_test.npz", "cifar10_train.npz"]
     ds = data.load_dataset("cifar10", str(root))
     assert ds.x.shape == (10, 32, 32, 3) and len(ds.class_names) == 10
     # Already complete: no second download (the server would 404 now).
@@ -121,4 +123,4 @@ def test_main_download_one_line_error(server, tmp_path, capsys):
     rc = main(["download", "cifar10", "--data-dir", str(tmp_path / "d"),
                "--url", f"{base}/nothing.tgz"])
     err = capsys.readouterr().err.strip()
-    assert rc == 1 and err.startswith("error: ") and "\n" not in err
+    assert rc == 2 and err.startswith("error: ") and "\n" not in err
