@@ -20,6 +20,8 @@ import contextlib
 
 import numpy as np
 
+from .errors import MinialexnetError
+
 __all__ = [
     "Backend", "BackendError", "use", "current", "xp", "dtype", "rng", "seed",
     "device", "to_device", "to_numpy", "as_strided", "np", "synchronize",
@@ -27,7 +29,7 @@ __all__ = [
 ]
 
 
-class BackendError(RuntimeError):
+class BackendError(MinialexnetError, RuntimeError):
     """A backend was asked for that cannot work on this machine."""
 
 
@@ -150,10 +152,16 @@ def _make_cupy(seed, devices=None):
             f"cupy-cuda13x, matching your CUDA driver): {e}") from None
     try:
         n = cupy.cuda.runtime.getDeviceCount()
+        why = "CUDA reports no GPU"
     except RuntimeError as e:  # CUDARuntimeError: no driver, or a too-old driver
-        raise BackendError(f"cupy backend: no usable GPU ({e})") from None
+        n, why = 0, f"CUDA says {e}"
     if n == 0:
-        raise BackendError("cupy backend: CUDA reports no GPU on this machine")
+        # Said first: on a machine without an NVIDIA GPU, "driver version is
+        # insufficient" would send the user off to upgrade a driver for nothing.
+        raise BackendError(
+            f"cupy backend: no usable NVIDIA GPU was found ({why}); on a machine without "
+            "one use --backend numpy (the default); with one, its driver may be missing "
+            "or older than this CuPy needs")
     b = CupyBackend(cupy, seed)
     for i in devices or ():
         b._check_index(i)

@@ -660,7 +660,9 @@ def describe(config):
     the architecture, without placement and initialisation."""
     if not config:
         return "unknown"
-    keys = [k for k in config if k not in ("name", "devices", "init_std", "init_bias")]
+    # Sorted: a checkpoint's config comes back from JSON in sorted order, and the same
+    # architecture must read the same in "saved for X, this model is Y".
+    keys = sorted(k for k in config if k not in ("name", "devices", "init_std", "init_bias"))
     return f"{config.get('name', '?')}(" + ", ".join(f"{k}={config[k]}" for k in keys) + ")"
 
 

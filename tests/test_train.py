@@ -153,7 +153,8 @@ def test_evaluate_and_predict_tools(tmp_path, capsys):
     Image.fromarray(np.full((40, 40), 128, np.uint8), mode="L").save(gray)
     assert predict_main([ckpt, str(img), str(gray)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == str(img) and len(lines) == 12 and lines[1].strip().endswith(tuple(t.train_set.class_names))
+    assert lines[0].startswith("this model knows 10 classes of the built-in shapes dataset")
+    assert lines[1] == str(img) and len(lines) == 13 and lines[2].strip().endswith(tuple(t.train_set.class_names))
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a zip")
     assert evaluate_main([str(bad)]) == 2
