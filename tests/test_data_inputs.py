@@ -294,3 +294,17 @@ def test_the_content_key_of_the_main_job_costs_little():
     t = time.perf_counter()
     data.content_key(ds)
     assert time.perf_counter() - t < 1.0
+
+
+@pytest.mark.parametrize("args,words", [
+    (["info", "synthetic", "--n", "0"], "--n: expected an integer >= 1, got '0'"),
+    (["info", "synthetic", "--n", "-3"], "--n"),
+    (["info", "mnist"], "invalid choice"),
+    (["convert-cifar10"], "folder"),
+])
+def test_data_cli_mistakes_are_one_line(capsys, args, words):
+    with pytest.raises(SystemExit) as e:
+        data_main(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1
+    assert words in err, err

@@ -124,3 +124,26 @@ def test_main_download_one_line_error(server, tmp_path, capsys):
                "--url", f"{base}/nothing.tgz"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error: ") and "\n" not in err
+
+
+def test_an_unverified_archive_is_extracted_but_not_unpickled(server, tmp_path):
+    base, www = server
+    make_cifar_targz(str(www / "c.tar.gz"), per_batch=2)
+    root = tmp_path / "data"
+    said = []
+    download("cifar10", str(root), url=f"{base}/c.tar.gz", progress_bar=False, log=said.append)
+    assert sorted(os.listdir(root)) == ["cifar-10-batches-py"]       # not converted
+    assert len(said) == 1 and "convert-cifar10" in said[0]
+    with pytest.raises(DataError, match="convert-cifar10"):
+        data.load_dataset("cifar10", str(root))
+
+
+def test_main_download_says_where_and_converts(server, tmp_path, capsys):
+    from minialexnet.data.__main__ import main
+    base, www = server
+    archive = make_cifar_targz(str(www / "c.tar.gz"), per_batch=2)
+    rc = main(["download", "cifar10", "--data-dir", str(tmp_path / "d"), "--url",
+               f"{base}/c.tar.gz", "--md5", _md5(archive)])
+    out, err = capsys.readouterr()
+    assert rc == 0 and "converted the checksum-verified batches" in err
+    assert out.strip() == f"cifar10: ready in {tmp_path / 'd' / 'cifar-10-batches-py'}"
