@@ -181,10 +181,16 @@ def _make_cupy(seed, devices=None):
             f"cupy-cuda13x, matching your CUDA driver): {e}") from None
     try:
         n = cupy.cuda.runtime.getDeviceCount()
+        why = "CUDA reports no GPU"
     except RuntimeError as e:  # CUDARuntimeError: no driver, or a too-old driver
-        raise BackendError(f"cupy backend: no usable GPU ({e})") from None
+        n, why = 0, f"CUDA says {e}"
     if n == 0:
-        raise BackendError("cupy backend: CUDA reports no GPU on this machine")
+        # Said first: on a machine without an NVIDIA GPU, "driver version is
+        # insufficient" would send the user off to upgrade a driver for nothing.
+        raise BackendError(
+            f"cupy backend: no usable NVIDIA GPU was found ({why}); on a machine without "
+            "one use --backend numpy (the default); with one, its driver may be missing "
+            "or older than this CuPy needs")
     b = CupyBackend(cupy, seed)
     for i in devices or ():
         b._check_index(i)

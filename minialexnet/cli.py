@@ -1,16 +1,37 @@
-"""What the command-line tools share: option types that reject bad values at parse
-time with a message naming the option (argparse prints "error: argument --lr: ...",
-one line, exit 2), and the help formatter that shows every default."""
+"""What the command-line tools share: an argument parser whose mistakes are one line,
+and argument types that validate numbers at parse time, naming the option.
+
+    p = cli.ArgumentParser(prog="python -m minialexnet.evaluate", description=...)
+    p.add_argument("--batch-size", type=cli.positive_int, default=256)
+
+A bad value exits with status 2 and one line on stderr, e.g.
+``error: argument --batch-size: expected a whole number >= 1, got '0' (see ... --help)``.
+0 never silently means "all": options where "all" makes sense say so by a default
+of None.
+"""
 
 import argparse
 import math
+import sys
 
-__all__ = ["HelpFormatter", "positive_int", "nonnegative_int", "positive_float",
-           "nonnegative_float", "fraction", "fractions", "devices"]
+__all__ = ["ArgumentParser", "HelpFormatter", "positive_int", "nonnegative_int",
+           "positive_float", "nonnegative_float", "fraction", "fractions", "devices"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """--help shows each option's default."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with defaults shown in --help and a one-line ``error: ...`` (exit 2)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
 
 
 def _number(kind, text, ok, what):
@@ -26,11 +47,11 @@ def _number(kind, text, ok, what):
 
 
 def positive_int(text):
-    return _number(int, text, lambda v: v > 0, "a whole number >= 1")
+    return _number(int, text, lambda v: v > 0, "an integer >= 1")
 
 
 def nonnegative_int(text):
-    return _number(int, text, lambda v: v >= 0, "a whole number >= 0")
+    return _number(int, text, lambda v: v >= 0, "an integer >= 0")
 
 
 def positive_float(text):

@@ -18,19 +18,124 @@ tests/test_reference.py); each class below says what it does differently and wha
 that gained (measured on a 2-core AVX-512 CPU, NumPy against PyTorch 2.13).
 """
 
+import functools
+import math
+import numbers
 import zlib
 
 from . import backend
-from .errors import ConfigError, ShapeError
+from .errors import ConfigError, MinialexnetError, ShapeError
 from .im2col import col2im_nhwc, conv_output_size, im2col_nhwc
 from .parallel import parallel_for
 
 __all__ = ["Layer", "Conv2D", "ReLU", "Tanh", "LocalResponseNorm", "MaxPool2D",
-           "Dropout", "Linear", "Flatten", "SoftmaxCrossEntropy", "ShapeError"]
+           "Dropout", "Linear", "Flatten", "SoftmaxCrossEntropy", "ShapeError",
+           "HyperparameterError", "LayerStateError"]
+
+
+class HyperparameterError(MinialexnetError, ValueError):
+    """A layer built with an impossible setting (a kernel or stride of 0, negative
+    padding, a fractional channel count...)."""
+
+
+class LayerStateError(MinialexnetError, RuntimeError):
+    """backward() called before forward(), or twice after one forward()."""
+
+
+# ---------------------------------------------------------------- the checks every layer gets
+# Every subclass's forward and backward are wrapped (Layer.__init_subclass__) with the
+# checks all layers need, so that each layer's own code shows only its maths: the
+# input is a non-empty floating-point array of the backend; backward comes after a
+# forward, once, with a gradient shaped like that forward's output.  They cost a few
+# attribute reads per call (no data is scanned).
+
+def _check_array(layer, x, what):
+    if not (hasattr(x, "dtype") and hasattr(x, "shape") and hasattr(x, "ndim")):
+        raise ShapeError(f"{layer.name}: expected the {what} as an array "
+                         f"({backend.current().name}), got {type(x).__name__}")
+    if x.dtype.kind != "f":
+        raise ShapeError(f"{layer.name}: expected a floating-point {what} (float32 or "
+                         f"float64), got dtype {x.dtype}")
+    xp = backend.xp()
+    if isinstance(x, backend.np.ndarray) and not isinstance(x, getattr(xp, "ndarray", ())):
+        raise ShapeError(f"{layer.name}: the {what} is a NumPy array but the backend is "
+                         f"{backend.current().name}: copy it with backend.to_device(x, device)")
+
+
+def _checked_forward(forward):
+    @functools.wraps(forward)
+    def checked(self, x, *args, **kwargs):
+        self._pending = None                 # a failed forward leaves nothing for backward
+        _check_array(self, x, "input")
+        if x.ndim == 0 or x.shape[0] == 0:
+            raise ShapeError(f"{self.name}: empty batch (input shape {tuple(x.shape)}); "
+                             "expected at least one example along axis 0")
+        y = forward(self, x, *args, **kwargs)
+        self._pending = tuple(y.shape)
+        return y
+    checked._checked = True
+    return checked
+
+
+def _checked_backward(backward):
+    @functools.wraps(backward)
+    def checked(self, *args, **kwargs):
+        pending = self._pending
+        if pending is None:
+            raise LayerStateError(f"{self.name}: backward() called before forward(); "
+                                  "backward needs what forward keeps")
+        if pending is False:
+            raise LayerStateError(f"{self.name}: backward() called twice after one "
+                                  "forward(); run forward again first")
+        if self.grad_of_output:
+            dy = args[0] if args else kwargs.get("dy")
+            _check_array(self, dy, "gradient")
+            if tuple(dy.shape) != pending:
+                raise ShapeError(f"{self.name}: the gradient has shape {tuple(dy.shape)}, "
+                                 f"expected the shape of forward's output {pending}")
+        dx = backward(self, *args, **kwargs)
+        self._pending = False
+        return dx
+    checked._checked = True
+    return checked
+
+
+def _integer(layer, what, v, low=1):
+    """``v`` as an int >= ``low``, or a HyperparameterError naming the layer."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
+        raise HyperparameterError(f"{layer.name}: {what} must be an integer >= {low}, "
+                                  f"got {v!r}")
+    return int(v)
+
+
+def _real(layer, what, v, positive=False):
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) \
+            or (positive and v <= 0):
+        raise HyperparameterError(f"{layer.name}: {what} must be a finite "
+                                  f"{'positive ' if positive else ''}number, got {v!r}")
+    return float(v)
 
 
 class Layer:
-    """Base class: parameter bookkeeping and train/eval mode."""
+    """Base class: parameter bookkeeping and train/eval mode.
+
+    Subclasses write ``forward`` and ``backward``; the checks every layer needs are
+    added around them (see ``_checked_forward``): a non-empty floating-point array
+    in, backward once per forward, a gradient shaped like the output.  Mistakes
+    raise ShapeError or LayerStateError naming the layer.
+    """
+
+    #: backward's argument is dL/d(output), shaped like forward's output (the loss
+    #: layer, whose backward takes a scalar, sets this False).
+    grad_of_output = True
+    _pending = None      # forward's output shape; None: no forward yet; False: used
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for method, wrap in (("forward", _checked_forward), ("backward", _checked_backward)):
+            f = cls.__dict__.get(method)
+            if f is not None and not getattr(f, "_checked", False):
+                setattr(cls, method, wrap(f))
 
     def __init__(self, name=None):
         self.name = name or type(self).__name__
@@ -152,7 +257,13 @@ class Conv2D(Layer):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  weight_std=0.01, bias=0.0, dtype=None, name=None):
         super().__init__(name)
-        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, numbers.Integral) \
+            else tuple(kernel_size) if isinstance(kernel_size, (tuple, list)) \
+            and len(kernel_size) == 2 else (kernel_size, None)
+        kh, kw = _integer(self, "kernel_size", kh), _integer(self, "kernel_size", kw)
+        in_channels = _integer(self, "in_channels", in_channels)
+        out_channels = _integer(self, "out_channels", out_channels)
+        stride, padding = _integer(self, "stride", stride), _integer(self, "padding", padding, 0)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
         dtype = dtype or backend.dtype()
@@ -421,7 +532,8 @@ class LocalResponseNorm(Layer):
 
     def __init__(self, size=5, alpha=1e-4, beta=0.75, k=2.0, name=None):
         super().__init__(name)
-        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+        self.size, self.alpha = _integer(self, "size", size), _real(self, "alpha", alpha)
+        self.beta, self.k = _real(self, "beta", beta), _real(self, "k", k, positive=True)
         self._band = {}
 
     def band(self, channels, dtype):
@@ -519,7 +631,8 @@ class MaxPool2D(Layer):
 
     def __init__(self, kernel_size=3, stride=2, name=None):
         super().__init__(name)
-        self.kernel_size, self.stride = kernel_size, stride
+        self.kernel_size = _integer(self, "kernel_size", kernel_size)
+        self.stride = _integer(self, "stride", stride)
 
     def _slice(self, a, u, v, oh, ow):
         s = self.stride
@@ -605,7 +718,7 @@ class Dropout(Layer):
     def __init__(self, p=0.5, inverted=False, name=None):
         super().__init__(name)
         if not 0 <= p < 1:
-            raise ConfigError(f"Dropout: p must be in [0, 1), got {p}")
+            raise HyperparameterError(f"{self.name}: p must be in [0, 1), got {p!r}")
         self.p, self.inverted = p, inverted
 
     def forward(self, x, mask=None):
@@ -647,6 +760,8 @@ class Linear(Layer):
     def __init__(self, in_features, out_features, weight_std=0.01, bias=0.0,
                  dtype=None, name=None):
         super().__init__(name)
+        in_features = _integer(self, "in_features", in_features)
+        out_features = _integer(self, "out_features", out_features)
         self.in_features, self.out_features = in_features, out_features
         dtype = dtype or backend.dtype()
         self.params["W"] = _normal((out_features, in_features), weight_std, dtype)
@@ -702,6 +817,8 @@ class SoftmaxCrossEntropy(Layer):
     (log-sum-exp), which changes nothing mathematically.
     No faster version: ``minialexnet.reference`` uses this class too.
     """
+
+    grad_of_output = False      # backward(dloss): a scalar, not an array like the loss
 
     def forward(self, logits, labels):
         xp = backend.xp()

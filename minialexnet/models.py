@@ -73,10 +73,11 @@ of raw centred pixels: with ``--input-scale paper``, divide conv1's std by it.
 import inspect
 
 from . import backend, layers as fast_layers, reference, towers as fast_towers
-from .errors import ConfigError, StateDictError
+from .errors import ConfigError, MinialexnetError, ShapeError, StateDictError
 
 __all__ = ["DEFAULT_LR", "default_lr", "Network", "AlexNet", "SmallAlexNet", "TorchvisionAlexNet", "FourLayerNet",
            "build_model", "from_config", "describe", "MODELS", "Summary", "StateDictError",
+           "ModelSizeError", "MAX_PARAMS",
            "PAPER_NEURONS", "PAPER_BIAS"]
 
 # Raw, mean-centred RGB values (paper 2, ``--input-scale paper``) have a standard
@@ -104,6 +105,17 @@ CONV1_NOTE = ("conv1: the paper states 253,440 neurons, but its 96 maps are 55x5
               "(Figure 2; 227x227 input, or 224 with padding): 290,400 neurons.  253,440 "
               "is 96 x 2,640, and 2,640 is no k x k, so the paper's number is inconsistent "
               "with its own shapes and cannot be reproduced")
+
+
+class ModelSizeError(MinialexnetError, ValueError):
+    """A model far bigger than minialexnet builds (``MAX_PARAMS``), refused before
+    its parameters are allocated."""
+
+
+#: The most parameters a model may have: 16x the paper's net (60,965,224), 4 GB of
+#: float32 weights (and as much again for gradients and for momentum).  Checked
+#: layer by layer before each layer allocates, so ``num_classes=1e9`` fails at once.
+MAX_PARAMS = 1_000_000_000
 
 
 def _out(size, k, s, p=0):
@@ -140,6 +152,22 @@ class _Builder:
         self.layers = layers
         self.L, self.T = IMPLEMENTATIONS[layers]      # the layer and tower-step classes
         self.steps = []
+        self.num_params = 0
+
+    def _count(self, name, spec, copies):
+        """Add the layer's parameters to the total; refuse before allocating them if
+        the model would pass MAX_PARAMS."""
+        if spec["kind"] not in ("conv", "linear"):
+            return
+        n = spec["cout"] * (spec["cin"] * spec.get("k", 1) ** 2 + 1) * copies
+        self.num_params += n
+        if self.num_params > MAX_PARAMS:
+            itemsize = backend.xp().dtype(self.dtype).itemsize
+            raise ModelSizeError(
+                f"{name} alone would have {n:,.0f} parameters (the model so far "
+                f"{self.num_params:,.0f}, {self.num_params * itemsize / 1e9:,.1f} GB of "
+                f"weights): more than the {MAX_PARAMS:,} minialexnet builds (the paper's "
+                f"AlexNet has 60,965,224); check num_classes, widths and fc")
 
     def std(self, name, spec):
         s = self.init_std
@@ -155,23 +183,25 @@ class _Builder:
 
     def _make(self, name, spec):
         kind, a, L = spec["kind"], spec, self.L
+        # name=: a layer's errors name it (conv3, not Conv2D) from its constructor on.
         if kind == "conv":
             return lambda: L.Conv2D(a["cin"], a["cout"], a["k"], stride=a["s"],
                                     padding=a["p"], weight_std=self.std(name, a),
-                                    bias=self.bias(name), dtype=self.dtype)
+                                    bias=self.bias(name), dtype=self.dtype, name=name)
         if kind == "linear":
             return lambda: L.Linear(a["cin"], a["cout"], weight_std=self.std(name, a),
-                                    bias=self.bias(name), dtype=self.dtype)
+                                    bias=self.bias(name), dtype=self.dtype, name=name)
         if kind == "relu":
             return L.ReLU
         if kind == "tanh":
             return L.Tanh
         if kind == "lrn":
-            return lambda: L.LocalResponseNorm(a["size"], a["alpha"], a["beta"], a["k"])
+            return lambda: L.LocalResponseNorm(a["size"], a["alpha"], a["beta"], a["k"],
+                                               name=name)
         if kind == "pool":
-            return lambda: L.MaxPool2D(a["k"], a["s"])
+            return lambda: L.MaxPool2D(a["k"], a["s"], name=name)
         if kind == "dropout":
-            return lambda: L.Dropout(a["p"], inverted=a["inverted"])
+            return lambda: L.Dropout(a["p"], inverted=a["inverted"], name=name)
         if kind == "flatten":
             return L.Flatten
         raise ValueError(f"unknown layer kind {kind!r}")
@@ -179,11 +209,13 @@ class _Builder:
     def tower(self, name, kind, **args):
         """One layer in every tower (each on its tower's device)."""
         spec = dict(kind=kind, **args)
+        self._count(name, spec, len(self.devices))
         self.steps.append(self.T.TowerLayer(name, self._make(name, spec), self.devices, spec))
 
     def single(self, name, kind, **args):
         """One layer on the first device."""
         spec = dict(kind=kind, **args)
+        self._count(name, spec, 1)
         self.steps.append(self.T.OnDevice(name, self._make(name, spec), self.devices[0], spec))
 
     def broadcast(self, name="to_towers"):
@@ -240,6 +272,10 @@ class Network:
         ``record(name, output)``, if given, sees every step's output (a list of the
         towers' arrays for split layers): how ``health.HealthMonitor`` watches training
         without a second pass."""
+        if getattr(x, "ndim", None) == 4 and tuple(x.shape[1:]) != self.input_shape:
+            # Caught here, not as a puzzling feature count at fc6.
+            raise ShapeError(f"{self.name}: expected images of shape (N, "
+                             f"{', '.join(map(str, self.input_shape))}), got {tuple(x.shape)}")
         for step in self.steps:
             x = step.forward(x)
             if record is not None:
@@ -702,8 +738,10 @@ def describe(config):
     the architecture, without placement and initialisation."""
     if not config:
         return "unknown"
-    keys = [k for k in config
-            if k not in ("name", "devices", "init_std", "init_bias", "layers")]
+    # Sorted: a checkpoint's config comes back from JSON in sorted order, and the same
+    # architecture must read the same in "saved for X, this model is Y".
+    keys = sorted(k for k in config
+                  if k not in ("name", "devices", "init_std", "init_bias", "layers"))
     return f"{config.get('name', '?')}(" + ", ".join(f"{k}={config[k]}" for k in keys) + ")"
 
 

@@ -22,6 +22,7 @@ The same ``Trainer`` drives the chapters' experiments in Python.
 
 import argparse
 import csv
+import io
 import json
 import math
 import os
@@ -37,6 +38,7 @@ from . import backend, cli, data, reference
 from .backend import np
 from .checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from .errors import ConfigError, MinialexnetError, TrainingDiverged
+from .files import atomic_write_text
 from .layers import SoftmaxCrossEntropy
 from .metrics import ErrorMeter, topk_correct
 from .models import DEFAULT_LR, build_model, default_lr, describe, model_has_dropout
@@ -359,8 +361,8 @@ class Trainer:
                  f"{row['val_top5']:.3f}  lr {row['lr']:g}  {row['images_per_s']:.0f} img/s  "
                  f"waited {row['data_wait_s']:.1f} s for data")
         if self.cfg["out"]:
+            self.save("epoch")          # first: metrics never run ahead of the checkpoint
             self._write_metrics()
-            self.save("epoch")
         return row
 
     # ------------------------------------------------------------ files
@@ -369,15 +371,18 @@ class Trainer:
         return os.path.join(self.cfg["out"], name)
 
     def _write_metrics(self):
+        # Each file whole or not at all (files.atomic_write): a full disk or a kill
+        # never leaves a cut-off metrics.jsonl or a broken curves.png, and a symlink
+        # planted at one of these names is replaced, never followed.
         keys = list(self.history[0])
-        with open(self._path("metrics.jsonl"), "w") as f:
-            # Epoch rows, then the health records: each row says its "type".
-            for row in self.history + self.health:
-                f.write(json.dumps(row) + "\n")
-        with open(self._path("metrics.csv"), "w", newline="") as f:
-            w = csv.DictWriter(f, keys)
-            w.writeheader()
-            w.writerows(self.history)
+        # Epoch rows, then the health records: each row says its "type".
+        atomic_write_text(self._path("metrics.jsonl"),
+                          "".join(json.dumps(row) + "\n" for row in self.history + self.health))
+        table = io.StringIO()
+        w = csv.DictWriter(table, keys)
+        w.writeheader()
+        w.writerows(self.history)
+        atomic_write_text(self._path("metrics.csv"), table.getvalue())
         try:
             from .viz import plot_history
             plot_history(self.history, self._path("curves.png"))

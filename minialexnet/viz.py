@@ -3,6 +3,7 @@ neighbours (Figure 4).  Host-side only; matplotlib is imported when a plot is ma
 """
 
 from .backend import np, to_numpy
+from .files import atomic_savefig
 
 __all__ = ["plot_history", "plot_health", "filter_grid", "show_filters", "colourfulness",
            "show_predictions", "show_neighbours", "nearest_neighbours"]
@@ -37,7 +38,7 @@ def plot_history(history, path=None, title=None):
         fig.suptitle(title)
     fig.tight_layout()
     if path:
-        fig.savefig(path, dpi=100)
+        atomic_savefig(fig, path, dpi=100)   # a full disk never leaves a broken PNG
         plt.close(fig)
     return fig
 
@@ -85,7 +86,7 @@ def plot_health(records, path=None, title=None):
         fig.suptitle(title)
     fig.tight_layout()
     if path:
-        fig.savefig(path, dpi=100)
+        atomic_savefig(fig, path, dpi=100)
         plt.close(fig)
     return fig
 
@@ -130,7 +131,7 @@ def show_filters(groups, path=None, title="conv1 filters"):
     fig.suptitle(title)
     fig.tight_layout()
     if path:
-        fig.savefig(path, dpi=100)
+        atomic_savefig(fig, path, dpi=100)
     return fig
 
 
@@ -162,7 +163,7 @@ def show_predictions(images, probs, class_names, labels=None, k=5, columns=4, pa
             ax_img.set_title(class_names[labels[i]][:24], fontsize=9)
     fig.tight_layout()
     if path:
-        fig.savefig(path, dpi=100)
+        atomic_savefig(fig, path, dpi=100)
     return fig
 
 
@@ -194,5 +195,5 @@ def show_neighbours(query_images, bank_images, neighbours, path=None, title=None
         fig.suptitle(title)
     fig.tight_layout()
     if path:
-        fig.savefig(path, dpi=100)
+        atomic_savefig(fig, path, dpi=100)
     return fig

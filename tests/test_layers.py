@@ -9,8 +9,8 @@ import pytest
 
 from minialexnet import backend, layers, reference
 from minialexnet.gradcheck import gradcheck
-from minialexnet.layers import (Conv2D, Dropout, Linear, LocalResponseNorm, MaxPool2D, ShapeError,
-                               SoftmaxCrossEntropy)
+from minialexnet.layers import (Conv2D, Dropout, Flatten, Linear, LocalResponseNorm, MaxPool2D,
+                               ReLU, ShapeError, SoftmaxCrossEntropy, Tanh)
 
 TOL = 1e-6  # max relative error of any gradient, float64 central differences
 
@@ -378,3 +378,139 @@ def test_linear_gives_fresh_gradients_each_step():
     fc.backward(rnd(3, 4, seed=3))
     assert fc.grads["W"] is not kept
     np.testing.assert_array_equal(kept, before)     # a caller's grads stay as they were
+
+
+# ---------------------------------------------------------------- misuse of the Python API
+# Every layer class, with an input it accepts.  A new layer must be added here: the
+# test below checks the table covers layers.__all__.
+from minialexnet.layers import HyperparameterError, LayerStateError  # noqa: E402
+
+EVERY_LAYER = {
+    "Conv2D": (lambda: Conv2D(3, 4, 3, padding=1), (2, 3, 6, 6)),
+    "ReLU": (ReLU, (2, 3, 4, 4)),
+    "Tanh": (Tanh, (2, 5)),
+    "LocalResponseNorm": (LocalResponseNorm, (2, 6, 4, 4)),
+    "MaxPool2D": (lambda: MaxPool2D(3, 2), (2, 3, 7, 7)),
+    "Dropout": (lambda: Dropout(0.5), (2, 3, 4, 4)),
+    "Dropout-inverted-eval": (lambda: Dropout(0.5, inverted=True).eval(), (2, 8)),
+    "Linear": (lambda: Linear(5, 3), (2, 5)),
+    "Flatten": (Flatten, (2, 3, 4, 4)),
+    "SoftmaxCrossEntropy": (SoftmaxCrossEntropy, (2, 10)),
+}
+
+
+def _run_forward(layer, x):
+    if isinstance(layer, SoftmaxCrossEntropy):
+        return layer.forward(x, np.array([1, 7])[:len(x)] if hasattr(x, "__len__") else 0)
+    return layer.forward(x)
+
+
+def _run_backward(layer, dy):
+    return layer.backward() if isinstance(layer, SoftmaxCrossEntropy) else layer.backward(dy)
+
+
+def test_the_table_covers_every_layer_class():
+    classes = {n for n in layers.__all__ if isinstance(getattr(layers, n), type)
+               and issubclass(getattr(layers, n), layers.Layer) and n != "Layer"}
+    assert classes == {k.split("-")[0] for k in EVERY_LAYER}
+
+
+def _bad_input(kind, shape):
+    x = rnd(*shape).astype(np.float32)
+    return {"int32": x.astype(np.int32), "int64": x.astype(np.int64), "bool": x > 0,
+            "complex": x.astype(np.complex64), "object": x.astype(object),
+            "list": x.tolist(), "scalar": 3.0, "empty batch": x[:0],
+            "0-d": np.float32(1.0)}[kind]
+
+
+INPUT_MISTAKES = {"int32": "floating-point input", "int64": "floating-point input",
+                  "bool": "floating-point input", "complex": "floating-point input",
+                  "object": "floating-point input", "list": "as an array",
+                  "scalar": "as an array", "empty batch": "empty batch", "0-d": "empty batch"}
+
+
+@pytest.mark.parametrize("mistake", sorted(INPUT_MISTAKES))
+@pytest.mark.parametrize("which", sorted(EVERY_LAYER))
+def test_bad_inputs_raise_shape_error_naming_the_layer(which, mistake):
+    make, shape = EVERY_LAYER[which]
+    layer = make()
+    with pytest.raises(ShapeError) as e:
+        _run_forward(layer, _bad_input(mistake, shape))
+    assert str(e.value).startswith(layer.name + ": ") and INPUT_MISTAKES[mistake] in str(e.value)
+    _run_forward(layer, rnd(*shape).astype(np.float32))     # and a good one still works
+
+
+@pytest.mark.parametrize("which", sorted(EVERY_LAYER))
+def test_backward_before_forward_and_twice(which):
+    make, shape = EVERY_LAYER[which]
+    layer = make()
+    with pytest.raises(LayerStateError, match=rf"^{layer.name}: backward\(\) called before forward"):
+        _run_backward(layer, rnd(*shape))
+    y = _run_forward(layer, rnd(*shape))
+    dy = np.ones_like(y)
+    _run_backward(layer, dy)
+    with pytest.raises(LayerStateError, match=rf"^{layer.name}: backward\(\) called twice"):
+        _run_backward(layer, dy)
+    _run_forward(layer, rnd(*shape))                      # a new forward: fine again
+    _run_backward(layer, dy)
+    # A forward that fails leaves nothing for backward to use.
+    with pytest.raises(ShapeError):
+        _run_forward(layer, rnd(*shape).astype(np.int64))
+    with pytest.raises(LayerStateError, match="before forward"):
+        _run_backward(layer, dy)
+    assert isinstance(LayerStateError("x"), RuntimeError)
+
+
+GRAD_MISTAKES = {
+    "one row more": (lambda y: np.ones((y.shape[0] + 1,) + y.shape[1:], y.dtype), "the gradient has shape"),
+    "flattened": (lambda y: np.ones(y.size, y.dtype), "the gradient has shape"),
+    "transposed": (lambda y: np.ones(y.shape[::-1] + (1,), y.dtype), "the gradient has shape"),
+    "int": (lambda y: np.ones(y.shape, np.int64), "floating-point gradient"),
+    "list": (lambda y: np.ones(y.shape).tolist(), "the gradient as an array"),
+    "None": (lambda y: None, "the gradient as an array"),
+}
+
+
+@pytest.mark.parametrize("mistake", sorted(GRAD_MISTAKES))
+@pytest.mark.parametrize("which", sorted(set(EVERY_LAYER) - {"SoftmaxCrossEntropy"}))
+def test_wrong_gradients_raise_shape_error(which, mistake):
+    make, shape = EVERY_LAYER[which]
+    layer = make()
+    y = layer.forward(rnd(*shape).astype(np.float32))
+    bad, words = GRAD_MISTAKES[mistake]
+    with pytest.raises(ShapeError) as e:
+        layer.backward(bad(y))
+    assert str(e.value).startswith(layer.name + ": ") and words in str(e.value), str(e.value)
+    layer.backward(np.ones_like(y))                       # the forward is still usable
+
+
+BAD_HYPERPARAMETERS = [
+    (lambda: Conv2D(3, 4, 0), "kernel_size"),
+    (lambda: Conv2D(3, 4, (3, 0)), "kernel_size"),
+    (lambda: Conv2D(3, 4, (3,)), "kernel_size"),
+    (lambda: Conv2D(3, 4, "3"), "kernel_size"),
+    (lambda: Conv2D(3, 4, 3, stride=0), "stride"),
+    (lambda: Conv2D(3, 4, 3, stride=1.5), "stride"),
+    (lambda: Conv2D(3, 4, 3, padding=-1), "padding"),
+    (lambda: Conv2D(0, 4, 3), "in_channels"),
+    (lambda: Conv2D(3, 2.5, 3), "out_channels"),
+    (lambda: Conv2D(3, True, 3), "out_channels"),
+    (lambda: MaxPool2D(0, 2), "kernel_size"),
+    (lambda: MaxPool2D(3, 0), "stride"),
+    (lambda: MaxPool2D(3, -2), "stride"),
+    (lambda: Linear(0, 3), "in_features"),
+    (lambda: Linear(5, -3), "out_features"),
+    (lambda: Linear(5, 1e9), "out_features"),
+    (lambda: LocalResponseNorm(size=0), "size"),
+    (lambda: LocalResponseNorm(alpha=float("nan")), "alpha"),
+    (lambda: LocalResponseNorm(beta=float("inf")), "beta"),
+    (lambda: LocalResponseNorm(k=0), "k"),
+    (lambda: Dropout(1.0), "p"),
+    (lambda: Dropout(-0.1), "p"),
+]
+
+
+@pytest.mark.parametrize("make,what", BAD_HYPERPARAMETERS)
+def test_impossible_hyperparameters_are_refused_when_the_layer_is_built(make, what):
+    with pytest.raises(HyperparameterError, match=rf"^\w+: {what} must be"):
+        make()

@@ -407,3 +407,92 @@ def test_two_devices_never_stack_even_when_handed_one_array():
     model = tiny((0, 1))
     model.forward(images())
     assert not any(getattr(s, "stacked", None) for s in model.steps)
+
+
+# ---------------------------------------------------------------- misuse of the steps and the model
+from minialexnet.layers import LayerStateError, ShapeError  # noqa: E402
+from minialexnet.models import MAX_PARAMS, ModelSizeError, build_model  # noqa: E402
+
+
+def _step(model, name):
+    return next(s for s in model.steps if s.name == name)
+
+
+STEP_MISTAKES = {
+    # (step, call, error, words)
+    "tower layer given one array": ("conv1", lambda s: s.forward(images()), ShapeError,
+                                    "a list of 2 arrays, one per tower, got ndarray"),
+    "tower layer given one tower's list": ("conv1", lambda s: s.forward([images()]), ShapeError,
+                                           "got a list of 1"),
+    "tower gradient list too long": ("relu1", lambda s: s.backward([1, 2, 3]), ShapeError,
+                                     "got a list of 3"),
+    "exchange backward first": ("exchange3", lambda s: s.backward([None, None]),
+                                LayerStateError, "backward() called before forward()"),
+    "gather backward first": ("gather8", lambda s: s.backward(np.ones((3, 8), np.float32)),
+                              LayerStateError, "backward() called before forward()"),
+    "exchange given one array": ("exchange6", lambda s: s.forward(images()), ShapeError,
+                                 "one per tower"),
+    "broadcast gradient not a list": ("to_towers", lambda s: s.backward(images()), ShapeError,
+                                      "one per tower"),
+    "layer in a tower, backward first": ("conv2", lambda s: s.backward([images(), images()]),
+                                         LayerStateError, "conv2.tower0: backward() called before"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STEP_MISTAKES))
+def test_step_mistakes_name_the_step(case):
+    name, call, error, words = STEP_MISTAKES[case]
+    step = _step(tiny(), name)
+    with pytest.raises(error) as e:
+        call(step)
+    assert words in str(e.value) and str(e.value).startswith(name), str(e.value)
+
+
+MODEL_MISTAKES = {
+    "backward before forward": (lambda m: m.backward(np.ones((3, 10), np.float32)),
+                                LayerStateError, "fc8: backward() called before forward()"),
+    "wrong image size": (lambda m: m.forward(images(size=28)), ShapeError,
+                         "expected images of shape (N, 3, 32, 32), got (3, 3, 28, 28)"),
+    "grey images": (lambda m: m.forward(images()[:, :1]), ShapeError,
+                    "expected images of shape (N, 3, 32, 32)"),
+    "integer images": (lambda m: m.forward(images().astype(np.uint8)), ShapeError,
+                       "floating-point input"),
+    "empty batch": (lambda m: m.forward(images()[:0]), ShapeError, "empty batch"),
+    "wrong logits gradient": (lambda m: (m.forward(images()), m.backward(np.ones((3, 9), np.float32))),
+                              ShapeError, "fc8: the gradient has shape (3, 9)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MODEL_MISTAKES))
+def test_model_mistakes_name_the_layer(case):
+    call, error, words = MODEL_MISTAKES[case]
+    with pytest.raises(error) as e:
+        call(tiny())
+    assert words in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("name,kwargs,layer", [
+    ("small-alexnet", dict(num_classes=10 ** 9), "fc8"),
+    ("small-alexnet", dict(num_classes=1e9), "fc8"),
+    ("alexnet", dict(num_classes=300_000), "fc8"),
+    ("alexnet", dict(fc=(4096, 300_000)), "fc7"),
+    ("small-alexnet", dict(width=1000), "conv2"),
+    ("fournet", dict(widths=(32, 32, 2 * 10 ** 6)), "conv3"),
+    ("torchvision-alexnet", dict(num_classes=10 ** 7), "fc8"),
+])
+def test_huge_models_are_refused_before_allocating(name, kwargs, layer, monkeypatch):
+    # Any allocation of the refused layer's parameters would fail this test.
+    import minialexnet.layers as L
+    real = L._normal
+
+    def guarded(shape, std, dtype):
+        assert np.prod(shape, dtype=np.float64) < MAX_PARAMS, f"allocated {shape}"
+        return real(shape, std, dtype)
+    monkeypatch.setattr(L, "_normal", guarded)
+    with pytest.raises(ModelSizeError, match=rf"^{layer} alone would have [\d,]+ parameters"
+                                             rf".* more than the 1,000,000,000"):
+        build_model(name, **kwargs)
+
+
+def test_the_largest_named_models_fit_the_bound():
+    assert build_model("alexnet").num_params() == 60_965_224 < MAX_PARAMS

@@ -213,7 +213,7 @@ def test_a_programming_error_in_evaluate_and_predict_keeps_its_traceback(tmp_pat
     assert e.value is BUG
     img = tmp_path / "x.png"
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(img)
-    monkeypatch.setattr(predict, "predict_files", _a_bug)
+    monkeypatch.setattr(predict, "iter_predictions", _a_bug)
     with pytest.raises(ValueError) as e:
         predict_main([t.last_good_checkpoint, str(img)])
     assert e.value is BUG
@@ -280,7 +280,8 @@ def test_evaluate_and_predict_tools(tmp_path, capsys):
     Image.fromarray(np.full((40, 40), 128, np.uint8), mode="L").save(gray)
     assert predict_main([ckpt, str(img), str(gray)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == str(img) and len(lines) == 12 and lines[1].strip().endswith(tuple(t.train_set.class_names))
+    assert lines[0].startswith("this model knows 10 classes of the built-in shapes dataset")
+    assert lines[1] == str(img) and len(lines) == 13 and lines[2].strip().endswith(tuple(t.train_set.class_names))
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a zip")
     assert evaluate_main([str(bad)]) == 2
