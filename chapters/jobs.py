@@ -152,9 +152,12 @@ def ch01_sweep_jobs(setting, act):
 
 
 def best_lr(records):
-    """The sweep's winner: the lowest training error after its epoch (NaN loses)."""
+    """The sweep's winner: the lowest training error after its epoch, to the point
+    (a tenth of a point is noise), then the lowest loss: where no rate has left
+    chance yet (90 % error), the loss still tells which one learns.  NaN loses."""
     ok = [r for r in records if r["history"] and np.isfinite(r["history"][-1]["train_loss"])]
-    return min(ok, key=lambda r: r["history"][-1]["train_error"])["describe"]["lr"]
+    return min(ok, key=lambda r: (round(r["history"][-1]["train_error"], 2),
+                                  r["history"][-1]["train_loss"]))["describe"]["lr"]
 
 
 def ch01_seed_jobs(setting, act, lr):
