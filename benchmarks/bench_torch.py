@@ -69,12 +69,15 @@ import time  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-# minialexnet before NumPy, so that its CPU settings (minialexnet/cpu.py) reach
-# OpenBLAS.  They are process-wide: torch, in this same process, runs under them too.
-import minialexnet  # noqa: E402,F401
+# minialexnet's CPU settings (minialexnet/cpu.py) before NumPy, so that they reach
+# OpenBLAS.  They are process-wide: torch, in this same process, runs under them too
+# (malloc_for switches malloc per side).
+from minialexnet import cpu  # noqa: E402
+
+TUNING = cpu.tune() if ARGS is not None else None     # run as a script, not imported
 import numpy as np  # noqa: E402
 
-from minialexnet import backend, cpu, parallel  # noqa: E402
+from minialexnet import backend, parallel  # noqa: E402
 from minialexnet.layers import (Conv2D, Dropout, Linear, LocalResponseNorm,  # noqa: E402
                                 MaxPool2D, ReLU)
 
@@ -103,7 +106,7 @@ TORCH_MALLOC = "glibc"
 
 def malloc_for(side):
     """Each side runs under the malloc settings its users get (see --torch-malloc)."""
-    if cpu.enabled():
+    if TUNING is not None and TUNING.malloc_keeps_freed:
         cpu.malloc_mode("kept" if side == "ours" else TORCH_MALLOC)
 
 
@@ -462,27 +465,31 @@ def main(args):
     if args.memory_child:
         memory_child(args.memory_child, args)
         return
-    if not import_torch():
+    sections = set(args.sections.split(","))
+    # The CuPy section (gpu_check.sh runs it alone) and the GEMM peak need no torch.
+    if sections & {"nets", "layers", "memory"} and not import_torch():
         sys.exit("bench_torch.py needs PyTorch (pip install torch --index-url "
                  "https://download.pytorch.org/whl/cpu)")
-    torch.set_num_threads(args.threads)
+    if torch is not None:
+        torch.set_num_threads(args.threads)
     parallel.set_threads(args.threads)
     backend.use("numpy", seed=0)
     global SETTLE_S, TORCH_MALLOC
     TORCH_MALLOC = args.torch_malloc
     if args.tiny:
         args.repeats, args.warmup, SETTLE_S = 1, 0, 0.0
-    sections = set(args.sections.split(","))
-    print(f"# minialexnet vs PyTorch {torch.__version__} CPU, {time.strftime('%Y-%m-%d %H:%M %Z')}")
+    torch_version = torch.__version__ if torch is not None else "(not used)"
+    print(f"# minialexnet vs PyTorch {torch_version} CPU, {time.strftime('%Y-%m-%d %H:%M %Z')}")
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{args.threads} threads, numpy {np.__version__}, python {platform.python_version()}")
-    print(f"# minialexnet/cpu.py settings: OpenBLAS threads sleep when idle: "
-          f"{cpu.BLAS_SLEEPS_WHEN_IDLE}; freed memory kept by malloc: {cpu.keep_freed_memory()}"
-          f" (torch's side: {'glibc defaults' if args.torch_malloc == 'glibc' else 'the same'})")
-    results = {"threads": args.threads, "torch": torch.__version__, "numpy": np.__version__,
+    print(f"# minialexnet/cpu.py tune(): OpenBLAS threads sleep when idle: "
+          f"{TUNING.blas_sleeps_when_idle}; freed memory kept by malloc: "
+          f"{TUNING.malloc_keeps_freed} (torch's side: "
+          f"{'glibc defaults' if args.torch_malloc == 'glibc' else 'the same'})")
+    results = {"threads": args.threads, "torch": torch_version, "numpy": np.__version__,
                "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-               "blas_sleeps_when_idle": cpu.BLAS_SLEEPS_WHEN_IDLE,
-               "malloc_keeps_freed": cpu.keep_freed_memory(), "torch_malloc": args.torch_malloc}
+               "blas_sleeps_when_idle": TUNING.blas_sleeps_when_idle,
+               "malloc_keeps_freed": TUNING.malloc_keeps_freed, "torch_malloc": args.torch_malloc}
     peak = gemm_peak(repeats=1 if args.tiny else 5, n=256 if args.tiny else 2048)
     results["gemm_peak_gflops"] = peak
     print(f"float32 GEMM peak (NumPy BLAS, {args.threads} threads): {peak:.0f} GFLOP/s")

@@ -2,13 +2,15 @@
 
 Modules, in the order an image meets them:
     backend    NumPy or CuPy, devices and transfers (the only numpy/cupy import)
-    im2col     the trick behind convolution
-    layers     Conv2D ReLU Tanh LocalResponseNorm MaxPool2D Dropout Linear Flatten
-               SoftmaxCrossEntropy
+    reference  every layer as the paper writes it (to read), the tower steps, SGD
+    layers     the fast Conv2D ReLU Tanh LocalResponseNorm MaxPool2D Dropout Linear
+               Flatten SoftmaxCrossEntropy (what training runs; same numbers)
+    im2col     the channels-last im2col the fast Conv2D runs
     gradcheck  finite-difference checks of every backward
+
+Importing minialexnet changes nothing in the process and loads nothing (not even
+NumPy): the command-line tools can then tune the CPU settings before NumPy loads
+(``minialexnet.cpu.tune``).
 """
 
 __version__ = "0.1.0"
-
-# Before anything loads NumPy: OpenBLAS reads its thread settings when it loads.
-from . import cpu as _cpu  # noqa: E402,F401

@@ -20,15 +20,13 @@ import contextlib
 
 import numpy as np
 
+from .errors import BackendError
+
 __all__ = [
-    "Backend", "BackendError", "use", "current", "xp", "dtype", "rng", "seed",
+    "Backend", "BackendError", "use", "current", "xp", "dtype", "rng", "keyed_rng", "seed",
     "device", "to_device", "to_numpy", "as_strided", "np", "synchronize",
     "get_device_id",
 ]
-
-
-class BackendError(RuntimeError):
-    """A backend was asked for that cannot work on this machine."""
 
 
 class Backend:
@@ -39,11 +37,22 @@ class Backend:
     ``Generator`` of ``xp``; only ``random``, ``standard_normal`` and
     ``integers`` are used, since CuPy's Generator has no ``normal``,
     ``permutation`` or ``choice``).
+
+    What the backend can do, so that no code asks for its name: ``host_threads``
+    and ``prefers_cache_blocking`` (below).
     """
 
     # What the backend offers for training across processes: the NCCL module (None
     # here: host arrays travel over MPI; see distributed.py).
     nccl = None
+    #: Array work runs on the calling CPU thread, and NumPy releases the GIL in its
+    #: loops: memory-bound loops split over Python threads use more cores
+    #: (parallel.py).  A GPU already runs each kernel in parallel.
+    host_threads = True
+    #: Passes over data are cheaper a cache-sized block at a time (a CPU's caches:
+    #: LRN, pooling, col2im, Conv2D's column chunks, SGD).  On a GPU one kernel over
+    #: the whole array is best: blocks would only multiply kernel launches.
+    prefers_cache_blocking = True
 
     def __init__(self, name, xp, seed=0):
         self.name = name
@@ -52,7 +61,18 @@ class Backend:
         self.seed(seed)
 
     def seed(self, seed):
+        self._seed = int(seed)
         self.rng = self.xp.random.default_rng(seed)
+
+    def keyed_rng(self, *key):
+        """A new Generator fixed by (the seed, *key) alone, on the current device.
+
+        For draws that must not depend on what was drawn before: dropout masks,
+        keyed by layer and step as the Loader keys crops by epoch and batch, so a
+        resumed run draws what the straight run drew with no generator state to save
+        (a CuPy generator's state lives on its GPU).  ``key``: non-negative ints.
+        """
+        return self.xp.random.default_rng([self._seed, *key])
 
     def device(self, i):
         """A context in which new arrays live on device ``i`` (no-op here)."""
@@ -90,6 +110,9 @@ class Backend:
 class CupyBackend(Backend):
     """CuPy on one or more NVIDIA GPUs; device i is ``cupy.cuda.Device(i + offset)``.
 
+    host_threads = False
+    prefers_cache_blocking = False
+
     ``offset`` (default 0) shifts every device index: a rank of a distributed run
     that places its towers on "devices 0, 1" really uses GPUs offset and offset + 1
     (``distributed.py``), while its model, config and checkpoint say 0, 1 like every
@@ -118,8 +141,15 @@ class CupyBackend(Backend):
     # made on first use; device 0's is seeded with ``seed`` exactly as before, device
     # i's with ``seed + i * 1000003``.  A tower's dropout on GPU 1 draws from GPU 1's.
     def seed(self, seed):
-        self._seed = seed
+        self._seed = int(seed)
         self._rngs = {}
+
+    def keyed_rng(self, *key):
+        # Philox is counter-based: a new one costs a few integer stores per state.
+        # default_rng's XORWOW skips ahead for each of its 256,000 states (cuRAND:
+        # curand_init is slow for large subsequence numbers), on every call.
+        cupy = self._cupy
+        return cupy.random.Generator(cupy.random.Philox4x3210([self._seed, *key]))
 
     @property
     def rng(self):
@@ -175,10 +205,16 @@ def _make_cupy(seed, devices=None, offset=0):
             f"cupy-cuda13x, matching your CUDA driver): {e}") from None
     try:
         n = cupy.cuda.runtime.getDeviceCount()
+        why = "CUDA reports no GPU"
     except RuntimeError as e:  # CUDARuntimeError: no driver, or a too-old driver
-        raise BackendError(f"cupy backend: no usable GPU ({e})") from None
+        n, why = 0, f"CUDA says {e}"
     if n == 0:
-        raise BackendError("cupy backend: CUDA reports no GPU on this machine")
+        # Said first: on a machine without an NVIDIA GPU, "driver version is
+        # insufficient" would send the user off to upgrade a driver for nothing.
+        raise BackendError(
+            f"cupy backend: no usable NVIDIA GPU was found ({why}); on a machine without "
+            "one use --backend numpy (the default); with one, its driver may be missing "
+            "or older than this CuPy needs")
     if not 0 <= offset < n:
         raise BackendError(f"cupy backend: this rank's first GPU would be {offset}, but "
                            f"this machine has {n} GPU{'s' if n != 1 else ''}: 0..{n - 1} "
@@ -234,6 +270,10 @@ def dtype():
 
 def rng():
     return current().rng
+
+
+def keyed_rng(*key):
+    return current().keyed_rng(*key)
 
 
 def seed(s):

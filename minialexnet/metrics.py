@@ -17,7 +17,9 @@ __all__ = ["topk_correct", "topk_error", "top1_error", "top5_error", "ErrorMeter
 
 
 def _host(a):
-    return a if isinstance(a, np.ndarray) else np.asarray(to_numpy(a))
+    # Through the backend even for ndarrays: a device array may subclass ndarray
+    # (tests/fake_devices.py); on NumPy this is np.asarray, no copy.
+    return np.asarray(to_numpy(a))
 
 
 def topk_correct(scores, labels, k=1):

@@ -19,11 +19,21 @@ often exempts biases: ``SGD(model, decay_filter=lambda name: name.endswith(".W")
 Learning rate schedules: ``ReduceLROnPlateau`` (the paper's: "divide the learning rate
 by 10 when the validation error rate stopped improving with the current learning
 rate"; it was reduced three times) and ``StepLR`` (a fixed schedule: lr / 10 at given
-epochs).  Optimiser and schedules have ``state_dict()`` / ``load_state_dict()``, so a
-resumed run continues bit-identically.
+epochs, or at fixed fractions of a run, for experiments with a time budget).
+Optimiser and schedules have ``state_dict()`` / ``load_state_dict()``, so a resumed
+run continues bit-identically.
+
+"Stopped improving" needs a definition the paper does not give.  A validation error
+measured on n images has a standard error of sqrt(p (1 - p) / n): 1.1 points for
+p = 0.4 on 2,000 images.  A rule that cuts the rate after one epoch without any
+improvement (patience 1, threshold 0) reacts to that noise and can spend half a run
+at lr 1e-5 (an earlier chapter 08 did).  So ``ReduceLROnPlateau`` counts an epoch as
+an improvement only when it beats the best by more than ``threshold`` and, given
+``noise_n`` (the number of validation images), by more than two standard errors.
 """
 
 from . import backend
+from .errors import StateDictError
 from .parallel import parallel_for
 
 __all__ = ["SGD", "ReduceLROnPlateau", "StepLR"]
@@ -43,7 +53,14 @@ class SGD:
 
     ``decay_filter(name) -> bool`` (default: every parameter) chooses which
     parameters get weight decay.  ``block``: elements per cache block on the CPU
-    (None: whole arrays; default: blocks on NumPy, whole arrays elsewhere).
+    (None: whole arrays; default: blocks where the backend ``prefers_cache_blocking``,
+    NumPy, whole arrays on GPUs).
+
+    Against the reference (``minialexnet.reference.SGD``: the two lines on whole
+    arrays, bit for bit the same numbers): ``_update`` works in cache-sized blocks,
+    into a scratch buffer, on threads.  Over AlexNet's 62 M parameters: 273 ms
+    naive, 219 ms with ``out=`` buffers, 120 ms in blocks, 76 ms on 2 threads
+    (torch: 150 ms).
     """
 
     def __init__(self, params, lr=0.01, momentum=0.9, weight_decay=0.0005,
@@ -52,7 +69,7 @@ class SGD:
         self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
         self.decay_filter = decay_filter
         if block == "auto":
-            block = CPU_BLOCK if backend.current().name == "numpy" else None
+            block = CPU_BLOCK if backend.current().prefers_cache_blocking else None
         self.block = block
         self.steps = 0
         self.velocity = {}
@@ -138,9 +155,9 @@ class SGD:
         vel = state["velocity"]
         for name, v in self.velocity.items():
             if name not in vel:
-                raise KeyError(f"SGD.load_state_dict: no velocity for parameter {name!r}")
+                raise StateDictError(f"SGD.load_state_dict: no velocity for parameter {name!r}")
             if tuple(vel[name].shape) != tuple(v.shape):
-                raise ValueError(f"SGD.load_state_dict: velocity {name!r} has shape "
+                raise StateDictError(f"SGD.load_state_dict: velocity {name!r} has shape "
                                  f"{tuple(vel[name].shape)}, the parameter {tuple(v.shape)}")
         for name, v in self.velocity.items():
             dev = backend.get_device_id(v)
@@ -164,17 +181,27 @@ class ReduceLROnPlateau:
     Returns True from ``step`` when it reduced the learning rate.
     """
 
-    def __init__(self, optimizer, factor=0.1, patience=3, max_reductions=3, threshold=0.0):
+    def __init__(self, optimizer, factor=0.1, patience=3, max_reductions=3, threshold=0.0,
+                 noise_n=None):
         self.optimizer = optimizer
         self.factor, self.patience = float(factor), int(patience)
         self.max_reductions, self.threshold = max_reductions, float(threshold)
+        self.noise_n = None if noise_n is None else int(noise_n)
         self.best = None
         self.bad_epochs = 0
         self.reductions = 0
 
+    def margin(self):
+        """How much an epoch must beat the best by: ``threshold``, or two standard
+        errors of an error rate of ``best`` measured on ``noise_n`` images if larger."""
+        if self.noise_n is None or self.best is None:
+            return self.threshold
+        p = min(max(self.best, 0.0), 1.0)
+        return max(self.threshold, 2.0 * (p * (1.0 - p) / self.noise_n) ** 0.5)
+
     def step(self, metric):
         metric = float(metric)
-        if self.best is None or metric < self.best - self.threshold:
+        if self.best is None or metric < self.best - self.margin():
             self.best, self.bad_epochs = metric, 0
             return False
         self.bad_epochs += 1
@@ -195,13 +222,14 @@ class ReduceLROnPlateau:
     def state_dict(self):
         return {"factor": self.factor, "patience": self.patience,
                 "max_reductions": self.max_reductions, "threshold": self.threshold,
-                "best": self.best, "bad_epochs": self.bad_epochs,
+                "noise_n": self.noise_n, "best": self.best, "bad_epochs": self.bad_epochs,
                 "reductions": self.reductions}
 
     def load_state_dict(self, state):
         for k in ("factor", "threshold"):
             setattr(self, k, float(state[k]))
         self.patience = int(state["patience"])
+        self.noise_n = state.get("noise_n")
         self.max_reductions = state["max_reductions"]
         self.best = state["best"]
         self.bad_epochs = int(state["bad_epochs"])
@@ -213,19 +241,40 @@ class StepLR:
     """A fixed schedule: lr = base_lr * gamma ** (number of milestones passed).
 
     ``milestones``: the epochs at which to divide by 10, e.g. (30, 60, 80) for a
-    90-epoch run that, like the paper's, reduces three times.  Call ``step()`` once at
-    the end of each epoch; ``epoch`` counts the calls.
+    90-epoch run that, like the paper's, reduces three times.  ``every=k`` instead
+    divides every k epochs with no last milestone.  Call ``step()`` once at the end of
+    each epoch; ``epoch`` counts the calls.
+
+    The milestones (and ``every``) are part of the schedule's definition, not of its
+    state: a resumed run keeps the ones it is built with (``load_state_dict`` restores
+    only the epoch count and base rate), so extending a run's epochs moves its
+    milestones with it.
     """
 
-    def __init__(self, optimizer, milestones=(30, 60, 80), gamma=0.1, base_lr=None):
+    def __init__(self, optimizer, milestones=(30, 60, 80), gamma=0.1, base_lr=None,
+                 every=None):
         self.optimizer = optimizer
         self.milestones = sorted(int(m) for m in milestones)
+        self.every = None if every is None else int(every)
         self.gamma = float(gamma)
         self.base_lr = float(optimizer.lr if base_lr is None else base_lr)
         self.epoch = 0
 
+    @classmethod
+    def at_fractions(cls, optimizer, epochs, fractions=(0.5, 0.75, 0.9), gamma=0.1):
+        """lr / 10 after the given fractions of ``epochs``: for a run with a fixed
+        budget, three reductions like the paper's, and no epoch wasted at a rate too
+        small to move the weights."""
+        fractions = sorted(float(f) for f in fractions)
+        if not fractions or fractions[0] <= 0 or fractions[-1] >= 1:
+            raise ValueError(f"step fractions must lie strictly between 0 and 1, got {fractions}")
+        milestones = sorted({max(1, round(f * epochs)) for f in fractions})
+        return cls(optimizer, milestones, gamma)
+
     def lr_at(self, epoch):
-        return self.base_lr * self.gamma ** sum(1 for m in self.milestones if epoch >= m)
+        cuts = (epoch // self.every if self.every else
+                sum(1 for m in self.milestones if epoch >= m))
+        return self.base_lr * self.gamma ** cuts
 
     def step(self):
         self.epoch += 1
@@ -233,11 +282,10 @@ class StepLR:
         return self.optimizer.lr
 
     def state_dict(self):
-        return {"milestones": list(self.milestones), "gamma": self.gamma,
+        return {"milestones": list(self.milestones), "every": self.every, "gamma": self.gamma,
                 "base_lr": self.base_lr, "epoch": self.epoch}
 
     def load_state_dict(self, state):
-        self.milestones = [int(m) for m in state["milestones"]]
         self.gamma = float(state["gamma"])
         self.base_lr = float(state["base_lr"])
         self.epoch = int(state["epoch"])

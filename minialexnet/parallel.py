@@ -10,8 +10,9 @@ layers get about twice as fast.
     from minialexnet.parallel import parallel_for
     parallel_for(N, lambda lo, hi: work_on(x[lo:hi], out[lo:hi]))
 
-On CuPy (a GPU already runs everything in parallel) or with one thread, the whole
-range is done in one call on the calling thread.  The thread count defaults to the
+On a backend without ``host_threads`` (CuPy: a GPU already runs everything in
+parallel) or with one thread, the whole range is done in one call on the calling
+thread.  The thread count defaults to the
 number of CPU cores; ``MINIALEXNET_THREADS`` or ``set_threads`` change it.
 """
 
@@ -52,7 +53,7 @@ def parallel_for(n, fn, min_per_thread=1):
     (starting a thread costs tens of microseconds).
     """
     global _pool
-    t = min(threads(), n // max(1, min_per_thread)) if backend.current().name == "numpy" else 1
+    t = min(threads(), n // max(1, min_per_thread)) if backend.current().host_threads else 1
     if t <= 1:
         fn(0, n)
         return

@@ -43,11 +43,16 @@ queues tower 0's work on GPU 0, then tower 1's on GPU 1, and both GPUs run at on
 Concatenation order is always tower 0's maps, then tower 1's: the same channel
 order a one-device grouped convolution uses, so weights map one-to-one (tower i's
 ``conv2.W`` is rows ``i*128:(i+1)*128`` of the grouped weight).
+
+These are the fast steps.  ``minialexnet/reference/towers.py`` has TowerLayer,
+Broadcast and Exchange without any fusion (each tower always runs its own layer);
+Gather and OnDevice serve both.  Same numbers (tests/test_reference.py).
 """
 
 import copy
 
 from . import backend
+from .layers import LayerStateError, ShapeError
 
 __all__ = ["transfer", "TowerLayer", "SharedInputConvs", "OnDevice", "Broadcast",
            "Exchange", "Gather"]
@@ -60,6 +65,21 @@ def transfer(x, device):
 
 def _concat(parts, axis=1):
     return parts[0] if len(parts) == 1 else backend.xp().concatenate(parts, axis=axis)
+
+
+def _per_tower(step, xs, n, what="input"):
+    """Check that ``xs`` is a list of ``n`` arrays, one per tower (zip would silently
+    drop a tower's work)."""
+    if not isinstance(xs, (list, tuple)) or len(xs) != n:
+        got = f"a list of {len(xs)}" if isinstance(xs, (list, tuple)) else type(xs).__name__
+        raise ShapeError(f"{step.name}: expected the {what} as a list of {n} arrays, one "
+                         f"per tower, got {got}")
+    return xs
+
+
+def _after_forward(step):
+    if getattr(step, "sizes", None) is None:
+        raise LayerStateError(f"{step.name}: backward() called before forward()")
 
 
 def _split(x, sizes, axis=1):
@@ -136,6 +156,7 @@ class TowerLayer(Step):
 
     #: Run the towers' convolutions as one when they read the same array on one
     #: device (``SharedInputConvs``).  Same numbers either way; tests turn it off.
+    #: This is all that differs from the reference TowerLayer.
     fuse_shared_input = True
 
     def _shares_input(self, xs):
@@ -144,6 +165,7 @@ class TowerLayer(Step):
 
     def forward(self, xs):
         self.stacked = None
+        _per_tower(self, xs, len(self.layers))
         if self._shares_input(xs):
             if self._shared is None:
                 self._shared = SharedInputConvs(self.layers)
@@ -153,6 +175,7 @@ class TowerLayer(Step):
         return self._each_tower("forward", xs)
 
     def backward(self, dys):
+        _per_tower(self, dys, len(self.layers), "gradient")
         if self.stacked is not None:
             with backend.device(self.devices[0]):
                 return self.stacked.backward(dys)
@@ -245,6 +268,7 @@ class Broadcast(Step):
         return [transfer(x, d) for d in self.devices]
 
     def backward(self, dxs):
+        _per_tower(self, dxs, len(self.devices), "gradient")
         # None: a tower sent no gradient (conv1 skips the image's, or SharedInputConvs
         # gave the whole sum to tower 0).
         home, dx = self.devices[0], None
@@ -271,9 +295,13 @@ class Exchange(Step):
         super().__init__(name)
         self.devices = tuple(devices)
 
+    sizes = None
+
     def forward(self, xs):
-        self.sizes = [x.shape[1] for x in xs]
-        made = {}       # towers that share a device share one concatenation
+        self.sizes = [x.shape[1] for x in _per_tower(self, xs, len(self.devices))]
+        # Unlike the reference, towers that share a device share one concatenation
+        # (one copy fewer, and the very array that lets SharedInputConvs stack conv3).
+        made = {}
         for d in self.devices:
             if d not in made:
                 with backend.device(d):
@@ -283,6 +311,8 @@ class Exchange(Step):
     def backward(self, dys):
         # pieces[i][j]: tower i's gradient for tower j's maps, still on device i
         # (None where tower i sent none: see SharedInputConvs)
+        _after_forward(self)
+        _per_tower(self, dys, len(self.devices), "gradient")
         pieces = []
         for d, dy in zip(self.devices, dys):
             with backend.device(d):
@@ -312,12 +342,15 @@ class Gather(Step):
         super().__init__(name)
         self.devices, self.device = tuple(devices), device
 
+    sizes = None
+
     def forward(self, xs):
-        self.sizes = [x.shape[1] for x in xs]
+        self.sizes = [x.shape[1] for x in _per_tower(self, xs, len(self.devices))]
         with backend.device(self.device):
             return _concat([transfer(x, self.device) for x in xs])
 
     def backward(self, dy):
+        _after_forward(self)
         with backend.device(self.device):
             pieces = _split(dy, self.sizes)
         return [transfer(p, d) for p, d in zip(pieces, self.devices)]

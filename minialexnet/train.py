@@ -11,8 +11,8 @@ gradient; SGD with momentum 0.9 and weight decay 0.0005 updates the weights.  Af
 each epoch the held-out split is evaluated (centre crop) and the learning rate is
 divided by 10 when the validation error stops improving.
 
-Never lose a run: checkpoints (weights, optimiser, schedule, RNG and loader state,
-config) are written atomically at the end of every epoch, every
+Never lose a run: checkpoints (weights, optimiser, schedule, loader state, config;
+dropout masks follow from (seed, layer, step), so no generator state) are written atomically at the end of every epoch, every
 ``--checkpoint-every`` steps and on Ctrl-C; ``--resume`` continues bit-identically.
 A NaN or infinite loss stops the run with one line and keeps the last good
 checkpoint.  Bad input (missing data, a checkpoint of another model, a GPU that is
@@ -24,6 +24,7 @@ The same ``Trainer`` drives the chapters' experiments in Python.
 import argparse
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -32,60 +33,79 @@ import signal
 import sys
 import time
 
-from . import backend, data, distributed
+if __name__ == "__main__":        # the command line: CPU tuning before NumPy loads (cpu.py)
+    from .cpu import tune
+    tune()
+
+from . import backend, cli, data, distributed, reference
 from .backend import np
-from .checkpoint import (CheckpointError, check_compatible, generator_state, load_checkpoint,
-                         save_checkpoint, set_generator_state)
-from .layers import ShapeError, SoftmaxCrossEntropy
+from .checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
+from .errors import ConfigError, MinialexnetError, TrainingDiverged
+from .files import atomic_write_text
+from .layers import SoftmaxCrossEntropy
 from .metrics import ErrorMeter, topk_correct
-from .models import build_model, describe
+from .models import DEFAULT_LR, build_model, default_lr, describe, model_has_dropout
+from .health import HealthMonitor
 from .optim import SGD, ReduceLROnPlateau, StepLR
 
 __all__ = ["Trainer", "TrainingDiverged", "evaluate", "predict_batches", "default_config",
            "prepare_data", "main"]
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
-
-
 # The user's mistakes: one line ``error: ...`` and exit code 2, never a traceback.
-USER_ERRORS = (data.DataError, CheckpointError, backend.BackendError, ShapeError, ValueError,
-               distributed.DistributedError)
+USER_ERRORS = (MinialexnetError, distributed.DistributedError)
 
 
 # ---------------------------------------------------------------- configuration
 # Per dataset: image side as stored and the random-crop side fed to the net.
-# 28 of 32 and 56 of 64 mirror the paper's 227 of 256 (section 4.1).
-DATASET_SIZES = {"synthetic": (32, 28), "cifar10": (32, 28), "imagenette": (256, 227),
+# 28 of 32 and 56 of 64 mirror the paper's 227 of 256 (section 4.1).  None: the side
+# the data has, known once it is loaded (``fit_sizes``): Imagenette is 256 px from
+# its folders, 224 px from the packed files.
+DATASET_SIZES = {"synthetic": (32, 28), "cifar10": (32, 28), "imagenette": (None, None),
                  "imagenet-folder": (256, 227)}
+# The crop for images stored at a given side.  Images are never upscaled to make room
+# for a crop (224 -> 256 invents pixels and costs a third more memory): packed
+# Imagenette gets 199 of 224, the paper's 227 of 256 in proportion, and (199 - 11) / 4
+# is whole as (227 - 11) / 4 is, so conv1's stride-4 windows tile the crop.
+CROP_FOR_SIDE = {256: 227, 224: 199, 64: 56, 32: 28}
 
 
-# The small nets at the paper's init (std 0.01, biases 1) and lr 0.01 sit on a plateau
-# or collapse on 32-px data (measured on the built-in set; models.py says more).  So the
-# command line trains them, unless told otherwise, with a fan-in scaled init, zero
-# biases and a lower learning rate: NOT the paper's values, which stay the default for
-# the 227-px AlexNets.
-SMALL_NETS = ("small-alexnet", "fournet")
-SMALL_NET_DEFAULTS = {"model_kwargs": {"init_std": "fan-in", "init_bias": {}}, "lr": 0.003}
+def _recipe_help():
+    return ", ".join(f"{m} {lr:g}" for m, lr in DEFAULT_LR.items()) + ", others 0.01"
+
+
+# Per dataset, what None means for epochs, n_train and dropout.  The built-in set is
+# generated, so it has as many images as we ask for: 20,000 do not overfit in four
+# epochs, and dropout, which fights overfitting at the price of about twice the steps
+# (paper 4.2), is off there so that the main job learns in two minutes.
+DATASET_DEFAULTS = {"synthetic": {"epochs": 4, "n_train": 20000, "dropout": 0.0}}
+OTHER_DEFAULTS = {"epochs": 30, "n_train": None, "dropout": None}
 
 
 def default_config(**overrides):
-    """The main job's configuration: every knob with the paper's value where it has one."""
+    """The main job's configuration: every knob with the paper's value where it has one.
+    None for ``epochs``, ``n_train`` or ``dropout`` means the dataset's default
+    (``DATASET_DEFAULTS``; dropout None: the model's own, the paper's 0.5)."""
     cfg = dict(
         dataset="synthetic", data_dir=None, n_train=None, n_val=None,
-        image_size=None, crop=None, pca=False, flip=True,
-        model="small-alexnet", model_kwargs={},
-        epochs=6, batch_size=128, lr=0.01, momentum=0.9, weight_decay=0.0005,
-        schedule="plateau", patience=2, max_reductions=3, step_epochs=30,
+        image_size=None, crop=None, pca=False, flip=True, input_scale="unit",
+        model="small-alexnet", model_kwargs={}, dropout=None,
+        epochs=None, batch_size=128, lr=None, momentum=0.9, weight_decay=0.0005,
+        schedule="plateau", patience=3, plateau_threshold=0.0, max_reductions=3,
+        step_epochs=30, step_fractions=(0.5, 0.75, 0.9), health_every=50,
         seed=0, backend="numpy", devices=None, out="runs/latest", resume=False,
         max_steps=None, checkpoint_every=200, workers=2, progress=True,
         distributed=None, rank_timeout=distributed.DEFAULT_TIMEOUT,
     )
     unknown = set(overrides) - set(cfg)
     if unknown:
-        raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        raise ConfigError(f"unknown config keys: {sorted(unknown)}")
     cfg.update(overrides)
+    for k, v in DATASET_DEFAULTS.get(cfg["dataset"], OTHER_DEFAULTS).items():
+        if cfg[k] is None:
+            cfg[k] = v
+    if cfg["lr"] is None:                       # the model's recipe (models.DEFAULT_LR)
+        cfg["lr"] = default_lr(cfg["model"])
     size, crop = DATASET_SIZES[cfg["dataset"]]
     cfg["image_size"] = cfg["image_size"] or size
     cfg["crop"] = cfg["crop"] or crop
@@ -93,16 +113,46 @@ def default_config(**overrides):
 
 
 def prepare_data(cfg):
-    """Load both splits, the mean image (section 2) and, if asked, the PCA of the
-    training pixels (section 4.1).  Returns (train Dataset, val Dataset, mean, pca)."""
+    """Load both splits, the mean image (section 2), the per-channel std for the
+    "unit" input scale (not the paper's: see data/transforms.py) and, if asked, the
+    PCA of the training pixels (section 4.1).
+    Returns (train Dataset, val Dataset, mean, std or None, pca)."""
     name, size = cfg["dataset"], cfg["image_size"]
     kw = dict(data_dir=cfg["data_dir"], size=size, seed=cfg["seed"],
               progress_bar=cfg["progress"])
     train = data.load_dataset(name, split="train", n=cfg["n_train"], **kw)
     val = data.load_dataset(name, split="test", n=cfg["n_val"], **kw)
     mean = data.mean_image(train.x, data.stats_file(train, "mean"), progress_bar=cfg["progress"])
+    std = input_std(train, mean, cfg)
     pca = data.pca_fit(train.x, cache_file=data.stats_file(train, "pca")) if cfg["pca"] else None
-    return train, val, mean.astype(np.float32), pca
+    return train, val, mean.astype(np.float32), std, pca
+
+
+INPUT_SCALES = ("unit", "paper")
+
+
+def input_std(train, mean, cfg):
+    """The per-channel std that inputs are divided by: "unit" scale (the default, not
+    the paper's) -> float32 (3,), cached beside the mean image; "paper" -> None (the
+    paper's raw mean-subtracted 0..255 pixels)."""
+    scale = cfg.get("input_scale", "paper")   # a checkpoint from before the key: raw pixels
+    if scale not in INPUT_SCALES:
+        raise ConfigError(f"input_scale must be one of {INPUT_SCALES}, not {scale!r}")
+    if scale == "paper":
+        return None
+    return data.channel_std(train.x, mean, data.stats_file(train, "std"),
+                            progress_bar=cfg.get("progress", True))
+
+
+def fit_sizes(cfg, train):
+    """``cfg`` with image_size and crop filled in from the loaded training images
+    (``CROP_FOR_SIDE``); a ConfigError if the crop is larger than the images."""
+    side = train.image_shape[0]
+    crop = cfg["crop"] or CROP_FOR_SIDE.get(side, side * 227 // 256)
+    if crop > side:
+        raise ConfigError(f"crop {crop} does not fit the {side}-px images of {cfg['dataset']} "
+                          f"(images are never upscaled): use a crop of at most {side}")
+    return dict(cfg, image_size=cfg["image_size"] or side, crop=crop)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -125,9 +175,10 @@ def predict_batches(model, x, transform=None, batch_size=256, device=0):
 
 
 def evaluate(model, dataset, crop, mean=None, batch_size=256, ten_crop=False, device=0,
-             comm=None):
+             std=None, comm=None):
     """Top-1 and top-5 error on ``dataset``: the centre crop, or the paper's ten-crop
     test (four corners, centre and their mirror images, softmax averaged; 4.1).
+    ``mean``, ``std``: the input scaling the model was trained with (see prepare_data).
     ``comm`` (distributed): each rank evaluates its share and the counts are summed."""
     if comm is not None and comm.size > 1:
         lo, hi = comm.shard(len(dataset))
@@ -137,10 +188,11 @@ def evaluate(model, dataset, crop, mean=None, batch_size=256, ten_crop=False, de
             return predict_batches(model, x, None, batch_size, device)
         # 1024 images at a time: their ten crops are ten float32 copies of the batch.
         scores = np.concatenate([
-            data.ten_crop_predict(predict, dataset.x[i:i + 1024], crop, mean)
+            data.ten_crop_predict(predict, dataset.x[i:i + 1024], crop, mean, std=std)
             for i in range(0, len(dataset), 1024)])
     else:
-        scores = predict_batches(model, dataset.x, data.EvalTransform(crop, mean), batch_size, device)
+        scores = predict_batches(model, dataset.x, data.EvalTransform(crop, mean, std),
+                                 batch_size, device)
     meter = ErrorMeter()
     meter.update(scores, dataset.y)
     if comm is not None and comm.size > 1:
@@ -171,27 +223,35 @@ class Trainer:
     """Runs epochs of SGD on a model and keeps everything needed to resume.
 
     model: a minialexnet model; train / val: ``data.Dataset`` (uint8 NHWC images);
-    mean: the (H, W, 3) mean image; cfg: ``default_config(...)``.
+    mean: the (H, W, 3) mean image; cfg: ``default_config(...)``.  std: the (3,)
+    channel std of the "unit" input scale; "auto" (default) computes it from ``train``
+    when cfg["input_scale"] is "unit" and uses None (raw pixels) when it is "paper".
     ``history`` is a list of per-epoch dicts (loss, errors, lr, seconds, images/s).
     """
 
-    def __init__(self, model, train, val, mean, cfg, pca=None, log=print, comm=None):
+    def __init__(self, model, train, val, mean, cfg, pca=None, log=print, std="auto",
+                 comm=None):
         self.model, self.train_set, self.val_set, self.mean, self.cfg = model, train, val, mean, cfg
+        self.std = input_std(train, mean, cfg) if isinstance(std, str) and std == "auto" else std
         self.log = log
         # Distributed (issue 13): the ranks' communicator; one process by default.
         self.comm = comm or distributed.Communicator()
         self.device = int((cfg["devices"] or [0])[0])
         self.criterion = SoftmaxCrossEntropy()
-        self.optimizer = SGD(model.params(), lr=cfg["lr"], momentum=cfg["momentum"],
+        # A model built with layers="reference" is trained by the reference SGD too.
+        sgd = reference.SGD if model.config.get("layers") == "reference" else SGD
+        self.optimizer = sgd(model.params(), lr=cfg["lr"], momentum=cfg["momentum"],
                              weight_decay=cfg["weight_decay"])
-        self.schedule = make_schedule(cfg, self.optimizer)
+        self.schedule = make_schedule(cfg, self.optimizer, n_val=len(val))
         self.loader = data.Loader(
             train.x, train.y, cfg["batch_size"],
-            data.TrainTransform(cfg["crop"], mean, flip=cfg["flip"], pca=pca),
+            data.TrainTransform(cfg["crop"], mean, flip=cfg["flip"], pca=pca, std=self.std),
             seed=cfg["seed"], shuffle=True, drop_last=True, workers=cfg["workers"],
             shard=(self.comm.rank, self.comm.size))
         self.epoch, self.step, self.history = 0, 0, []
         self.stop_agreed = False
+        self.monitor = HealthMonitor(cfg.get("health_every", 0) or 0)
+        self.health = []        # health.HealthMonitor records, every health_every steps
         self.last_good_checkpoint = None
         self._epoch_stats = self._fresh_stats()
 
@@ -201,23 +261,39 @@ class Trainer:
 
     # ------------------------------------------------------------ one step
     def train_step(self, x, y):
-        """Forward, backward and the SGD update for one batch; returns (loss, logits)."""
+        """Forward, backward and the SGD update for one batch; returns (loss, logits).
+        Every ``health_every`` steps the health monitor watches this same step."""
         # In the model's dtype: a float64 net (gradient checks, tests) computes in float64.
         x = backend.to_device(backend.xp().asarray(x, dtype=self.model.dtype), self.device)
-        y = backend.to_device(backend.xp().asarray(y), self.device)
-        logits = self.model.forward(x)
-        loss = self.criterion.forward(logits, y)
+        step = self.step + 1
+        # Dropout masks from (seed, layer, draw): one draw number per (step, rank), so
+        # the ranks' masks are independent.
+        self.model.set_draw(self.step * self.comm.size + self.comm.rank)
+        logits = self.model.forward(x, record=self.monitor.hook(step))
+        # The loss runs where the logits are (the model's first device, fc8's), so
+        # that its labels, arange and dlogits are made there, not on device 0.
+        home = backend.get_device_id(logits)
+        with backend.device(home):
+            y = backend.to_device(y, home)
+            loss = self.criterion.forward(logits, y)
+            dlogits = self.criterion.backward()
         # Training never needs dL/d(image): skip conv1's most expensive product.
-        self.model.backward(self.criterion.backward(), input_grad=False)
+        self.model.backward(dlogits, input_grad=False)
         grads = self.model.grads()
         self.comm.allreduce_mean(grads.values())   # distributed: the ranks' mean gradient
         self.optimizer.step(grads)
+        rec = self.monitor.after_update(step, self.optimizer)
+        if rec is not None:
+            rec["epoch"] = self.epoch + 1
+            self.health.append(rec)
         return loss, logits
 
     # ------------------------------------------------------------ epochs
-    def run(self, epochs=None, max_steps=None, on_epoch=None):
+    def run(self, epochs=None, max_steps=None, on_epoch=None, on_step=None):
         """Train until ``epochs`` epochs (or ``max_steps`` optimiser steps) are done.
 
+        ``on_epoch(row)`` is called after each epoch with its history row,
+        ``on_step(step, loss)`` after every optimiser step (loss: a float).
         Returns the history.  Raises TrainingDiverged on a NaN/inf loss (the last
         good checkpoint stays on disk) and saves a checkpoint on KeyboardInterrupt
         before re-raising it.
@@ -226,7 +302,7 @@ class Trainer:
         max_steps = self.cfg["max_steps"] if max_steps is None else max_steps
         try:
             while self.epoch < epochs and not (max_steps and self.step >= max_steps):
-                finished = self._run_epoch(max_steps)
+                finished = self._run_epoch(max_steps, on_step)
                 if finished:
                     row = self._end_epoch()
                     if on_epoch:
@@ -249,7 +325,7 @@ class Trainer:
         return tqdm(total=total, initial=initial, unit="batch", leave=False,
                     desc=f"epoch {self.epoch + 1}/{self.cfg['epochs']}", dynamic_ncols=True)
 
-    def _run_epoch(self, max_steps):
+    def _run_epoch(self, max_steps, on_step=None):
         """Steps through the rest of the current epoch; True if it reached its end."""
         self.model.train()
         loader, st = self.loader, self._epoch_stats
@@ -278,6 +354,8 @@ class Trainer:
                 st["loss_sum"] += loss_sum
                 st["correct"] += int(correct)   # ties count as wrong, as in val
                 st["seen"] += int(seen)
+                if on_step is not None:
+                    on_step(self.step, loss_sum / seen)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{st['loss_sum'] / st['seen']:.3f}",
@@ -302,7 +380,7 @@ class Trainer:
         st = self._epoch_stats
         t0 = time.perf_counter()
         val = evaluate(self.model, self.val_set, self.cfg["crop"], self.mean, device=self.device,
-                       comm=self.comm)
+                       std=self.std, comm=self.comm)
         row = {
             "epoch": self.epoch + 1, "step": self.step, "lr": self.optimizer.lr,
             "train_loss": st["loss_sum"] / max(st["seen"], 1),
@@ -314,6 +392,7 @@ class Trainer:
         }
         self.history.append(row)
         self.epoch += 1
+        row["type"] = "epoch"
         if isinstance(self.schedule, ReduceLROnPlateau):
             self.schedule.step(row["val_top1"])
         elif self.schedule is not None:
@@ -324,9 +403,9 @@ class Trainer:
                  f"{row['val_top5']:.3f}  lr {row['lr']:g}  {row['images_per_s']:.0f} img/s  "
                  f"waited {row['data_wait_s']:.1f} s for data")
         if self.cfg["out"]:
+            self.save("epoch")          # first: metrics never run ahead of the checkpoint
             if self.comm.is_root:
                 self._write_metrics()
-            self.save("epoch")
         return row
 
     # ------------------------------------------------------------ files
@@ -335,17 +414,24 @@ class Trainer:
         return os.path.join(self.cfg["out"], name)
 
     def _write_metrics(self):
+        # Each file whole or not at all (files.atomic_write): a full disk or a kill
+        # never leaves a cut-off metrics.jsonl or a broken curves.png, and a symlink
+        # planted at one of these names is replaced, never followed.
         keys = list(self.history[0])
-        with open(self._path("metrics.jsonl"), "w") as f:
-            for row in self.history:
-                f.write(json.dumps(row) + "\n")
-        with open(self._path("metrics.csv"), "w", newline="") as f:
-            w = csv.DictWriter(f, keys)
-            w.writeheader()
-            w.writerows(self.history)
+        # Epoch rows, then the health records: each row says its "type".
+        atomic_write_text(self._path("metrics.jsonl"),
+                          "".join(json.dumps(row) + "\n" for row in self.history + self.health))
+        table = io.StringIO()
+        w = csv.DictWriter(table, keys)
+        w.writeheader()
+        w.writerows(self.history)
+        atomic_write_text(self._path("metrics.csv"), table.getvalue())
         try:
             from .viz import plot_history
             plot_history(self.history, self._path("curves.png"))
+            if self.health:
+                from .viz import plot_health
+                plot_health(self.health, self._path("health.png"))
         except ImportError:  # matplotlib missing: metrics are still written
             pass
 
@@ -355,30 +441,29 @@ class Trainer:
         optim_state = self.optimizer.state_dict()
         arrays.update({f"optim.{k}": v for k, v in optim_state.pop("velocity").items()})
         arrays["data.mean"] = self.mean
+        if self.std is not None:
+            arrays["data.std"] = np.asarray(self.std, np.float32)
         loader_state = self.loader.state_dict()
         meta = {
             "config": self.cfg, "model_config": self.model.config,
             "class_names": list(self.train_set.class_names),
             "epoch": self.epoch, "step": self.step, "history": self.history,
+            "health": self.health,
             "optimizer": optim_state,
             "schedule": self.schedule.state_dict() if self.schedule else None,
             "loader": loader_state,
             "epoch_stats": self._epoch_stats,
-            "rng": generator_state(backend.rng()) if backend.current().name == "numpy" else None,
+            # No generator state: dropout masks are keyed by (seed, layer, step)
+            # (layers.Dropout); the Loader's crops by (seed, epoch, batch).
         }
         return arrays, meta
 
     def save(self, why="epoch"):
         """Write the checkpoint (distributed: every rank calls this; rank 0 writes)."""
-        # Distributed: each rank's random state (dropout), for a resume with as many ranks.
-        rng = generator_state(backend.rng()) if backend.current().name == "numpy" else None
-        rng_ranks = self.comm.allgather_object(rng)
         path = os.path.join(self.cfg["out"], "checkpoint.npz")
         if self.comm.is_root:
             arrays, meta = self.state()
             meta["saved_because"] = why
-            if self.comm.size > 1:
-                meta["rng_ranks"] = rng_ranks
             save_checkpoint(self._path("checkpoint.npz"), arrays, meta)
         self.last_good_checkpoint = path
         return path
@@ -394,101 +479,150 @@ class Trainer:
             self.schedule.load_state_dict(meta["schedule"])
         self.loader.load_state_dict(meta["loader"])
         self.epoch, self.step, self.history = meta["epoch"], meta["step"], meta["history"]
+        self.health = list(meta.get("health") or [])
         self._epoch_stats = meta.get("epoch_stats") or self._fresh_stats()
-        if meta.get("rng") and backend.current().name == "numpy":
-            set_generator_state(backend.rng(), meta["rng"])
-        if self.comm.rank > 0:
-            _seed_rank(self.comm, self.cfg["seed"], meta)
         self.last_good_checkpoint = path
         return meta
 
 
-def make_schedule(cfg, optimizer):
-    """The learning-rate schedule of section 5: "plateau" divides by 10 when the
-    validation error stops improving (at most ``max_reductions`` times; the paper
-    reduced three times); "step" divides by 10 every ``step_epochs``; "none" keeps it."""
-    if cfg["schedule"] == "plateau":
+SCHEDULES = ("plateau", "budget", "step", "none")
+
+
+def make_schedule(cfg, optimizer, n_val=None):
+    """The learning-rate schedule of section 5.
+
+    "plateau" (the paper's rule) divides by 10 when the validation error has not
+    improved for ``patience`` epochs, at most ``max_reductions`` times (the paper: 3).
+    An improvement must beat the best by more than ``plateau_threshold`` and by two
+    standard errors of the validation error on ``n_val`` images (optim.py says why).
+    "budget" divides by 10 after fixed fractions of the run (``step_fractions`` of
+    ``epochs``, default 0.5, 0.75, 0.9): for experiments with a time budget.
+    "step" divides by 10 every ``step_epochs``; "none" keeps the rate."""
+    kind = cfg["schedule"]
+    if kind == "plateau":
         return ReduceLROnPlateau(optimizer, patience=cfg["patience"],
-                                 max_reductions=cfg["max_reductions"])
-    if cfg["schedule"] == "step":
-        every = cfg["step_epochs"]
-        return StepLR(optimizer, milestones=range(every, max(cfg["epochs"], every) + 1, every))
-    if cfg["schedule"] == "none":
+                                 max_reductions=cfg["max_reductions"],
+                                 threshold=cfg.get("plateau_threshold", 0.0), noise_n=n_val)
+    if kind == "budget":
+        return StepLR.at_fractions(optimizer, cfg["epochs"],
+                                   cfg.get("step_fractions", (0.5, 0.75, 0.9)))
+    if kind == "step":
+        # every=, not milestones up to --epochs: a resumed run may extend --epochs
+        return StepLR(optimizer, every=cfg["step_epochs"])
+    if kind == "none":
         return None
-    raise ValueError(f"unknown schedule {cfg['schedule']!r}: plateau, step or none")
+    raise ConfigError(f"unknown schedule {kind!r}: {', '.join(SCHEDULES)}")
 
 
 # ---------------------------------------------------------------- command line
 def parse_args(argv=None):
     d = default_config()
     p = argparse.ArgumentParser(
-        prog="python -m minialexnet.train",
+        prog="python -m minialexnet.train", formatter_class=cli.HelpFormatter,
         description="Train AlexNet or its small-input family the paper's way (section 5).")
-    p.add_argument("--backend", choices=["numpy", "cupy"], default=d["backend"])
-    p.add_argument("--devices", default=None,
-                   help="device per tower, e.g. 0,1 (two GPUs) or 0,0 (both towers on one)")
-    p.add_argument("--dataset", choices=list(DATASET_SIZES), default=d["dataset"])
+    p.add_argument("--backend", choices=["numpy", "cupy"], default=d["backend"],
+                   help="numpy (CPU) or cupy (NVIDIA GPUs)")
+    p.add_argument("--devices", type=cli.devices, default=None,
+                   help="device per tower, e.g. 0,1 (two GPUs) or 0,0 (both towers on one); "
+                        "default: every tower on device 0")
+    p.add_argument("--dataset", choices=list(DATASET_SIZES), default=d["dataset"],
+                   help="synthetic: the built-in shapes (offline)")
     p.add_argument("--data-dir", default=None, help="default: $MINIALEXNET_DATA or ./data")
     p.add_argument("--model", default=d["model"],
                    help="alexnet, alexnet-1tower, alexnet-half, torchvision-alexnet, "
-                        "small-alexnet, fournet (default: %(default)s)")
-    p.add_argument("--model-kwargs", default="{}", help='JSON, e.g. \'{"width": 2}\'')
-    p.add_argument("--epochs", type=int, default=d["epochs"])
-    p.add_argument("--batch-size", type=int, default=d["batch_size"], help="paper: 128")
-    p.add_argument("--lr", type=float, default=None,
-                   help="paper: 0.01 (the default for the AlexNets); small nets: 0.003")
-    p.add_argument("--momentum", type=float, default=d["momentum"], help="paper: 0.9")
-    p.add_argument("--weight-decay", type=float, default=d["weight_decay"], help="paper: 0.0005")
-    p.add_argument("--schedule", choices=["plateau", "step", "none"], default=d["schedule"],
-                   help="plateau: lr/10 when val error stops improving (paper); step: every --step-epochs")
-    p.add_argument("--patience", type=int, default=d["patience"])
-    p.add_argument("--step-epochs", type=int, default=d["step_epochs"])
+                        "small-alexnet, fournet")
+    p.add_argument("--model-kwargs", default="{}",
+                   help='JSON keyword arguments of the model, e.g. \'{"width": 2}\'')
+    p.add_argument("--layers", choices=["fast", "reference"], default=None,
+                   help="fast (default): the tuned layers; reference: minialexnet/reference, "
+                        "the paper's equations (same numbers, slower)")
+    p.add_argument("--epochs", type=cli.positive_int, default=None,
+                   help="passes over the training set (default: 4 on the built-in set, 30 on "
+                        "the others)")
+    p.add_argument("--dropout", type=cli.fraction, default=None,
+                   help="dropout probability of fc6 and fc7 (default: 0 on the built-in set, "
+                        "the paper's 0.5 on the others)")
+    p.add_argument("--batch-size", type=cli.positive_int, default=d["batch_size"],
+                   help="images per step (paper: 128)")
+    p.add_argument("--lr", type=cli.positive_float, default=None,
+                   help="learning rate; default: the model's recipe "
+                        f"({_recipe_help()})")
+    p.add_argument("--momentum", type=cli.fraction, default=d["momentum"], help="paper: 0.9")
+    p.add_argument("--weight-decay", type=cli.nonnegative_float, default=d["weight_decay"],
+                   help="paper: 0.0005")
+    p.add_argument("--input-scale", choices=INPUT_SCALES, default=d["input_scale"],
+                   help="unit: (pixel - mean) / std, std about 1 (NOT the paper's; see "
+                        "data/transforms.py); paper: raw mean-subtracted 0..255 pixels")
+    p.add_argument("--schedule", choices=SCHEDULES, default=d["schedule"],
+                   help="plateau: lr/10 when val error stops improving (paper); budget: "
+                        "lr/10 at --step-fractions of --epochs; step: every --step-epochs; "
+                        "none: constant")
+    p.add_argument("--patience", type=cli.positive_int, default=d["patience"],
+                   help="plateau: epochs without improvement before lr/10")
+    p.add_argument("--plateau-threshold", type=cli.nonnegative_float,
+                   default=d["plateau_threshold"],
+                   help="plateau: an improvement must beat the best val error by this much "
+                        "(and always by 2 standard errors of the val error)")
+    p.add_argument("--step-epochs", type=cli.positive_int, default=d["step_epochs"],
+                   help="step: epochs between lr/10")
+    p.add_argument("--step-fractions", type=cli.fractions, default=d["step_fractions"],
+                   help="budget: fractions of --epochs after which lr/10, e.g. 0.5,0.75,0.9")
     p.add_argument("--pca", action="store_true", help="PCA colour augmentation (section 4.1)")
     p.add_argument("--no-flip", action="store_true", help="no horizontal reflections")
-    p.add_argument("--n-train", type=int, default=None, help="use a subset of the training set")
-    p.add_argument("--n-val", type=int, default=None)
-    p.add_argument("--seed", type=int, default=d["seed"])
+    p.add_argument("--n-train", type=cli.positive_int, default=None,
+                   help="use a random subset of this many training images (default: all; "
+                        "the built-in set makes 20000)")
+    p.add_argument("--n-val", type=cli.positive_int, default=None,
+                   help="use a random subset of this many held-out images (default: all)")
+    p.add_argument("--seed", type=cli.nonnegative_int, default=d["seed"],
+                   help="seeds the init, the shuffling, the crops and dropout")
     p.add_argument("--out", default=d["out"], help="run directory: checkpoint, metrics, curves")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
-    p.add_argument("--checkpoint-every", type=int, default=d["checkpoint_every"])
-    p.add_argument("--workers", type=int, default=d["workers"], help="data threads")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--max-steps", type=cli.positive_int, default=None,
+                   help="stop after this many steps (default: no limit)")
+    p.add_argument("--checkpoint-every", type=cli.nonnegative_int, default=d["checkpoint_every"],
+                   help="also save every this many steps (0: only at epoch ends and on Ctrl-C)")
+    p.add_argument("--health-every", type=cli.nonnegative_int, default=d["health_every"],
+                   help="record update/weight ratios, activation stats and dead ReLUs every "
+                        "this many steps (0: off); see health.png in the run directory")
+    p.add_argument("--workers", type=cli.positive_int, default=d["workers"],
+                   help="background threads that decode and augment batches")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--distributed", nargs="?", const="auto", choices=["auto", "mpi", "nccl"],
                    help="data parallel over the ranks of an MPI job (mpiexec -n K ...): "
                         "--batch-size is the global batch; mpi: host buffers; nccl: "
-                        "CuPy on GPUs; auto (the default): nccl where the backend has it")
-    p.add_argument("--rank-timeout", type=float, default=d["rank_timeout"],
+                        "CuPy on GPUs; auto: nccl where the backend has it")
+    p.add_argument("--rank-timeout", type=cli.positive_float, default=d["rank_timeout"],
                    help="seconds to wait for a rank at a collective before naming it "
-                        "and stopping the job (default: %(default)g; before training "
-                        f"starts at least {distributed.STARTUP_TIMEOUT:g})")
+                        "and stopping the job (before training starts at least "
+                        f"{distributed.STARTUP_TIMEOUT:g})")
     a = p.parse_args(argv)
-    try:
-        devices = [int(s) for s in a.devices.split(",")] if a.devices else None
-    except ValueError:
-        p.error(f"--devices must be comma-separated integers like 0,1, got {a.devices!r}")
     try:
         model_kwargs = json.loads(a.model_kwargs)
     except json.JSONDecodeError as e:
         p.error(f"--model-kwargs is not JSON: {e}")
-    lr = a.lr
-    if a.model in SMALL_NETS:
-        model_kwargs = {**SMALL_NET_DEFAULTS["model_kwargs"], **model_kwargs}
-        lr = SMALL_NET_DEFAULTS["lr"] if lr is None else lr
-    lr = d["lr"] if lr is None else lr
+    if not isinstance(model_kwargs, dict):
+        p.error(f"--model-kwargs must be a JSON object like '{{\"width\": 2}}', got {a.model_kwargs!r}")
+    lr = default_lr(a.model) if a.lr is None else a.lr
+    if a.layers:                 # a model argument: the checkpoint's model config keeps it
+        model_kwargs = {**model_kwargs, "layers": a.layers}
     return default_config(
         dataset=a.dataset, data_dir=a.data_dir, n_train=a.n_train, n_val=a.n_val,
-        pca=a.pca, flip=not a.no_flip, model=a.model, model_kwargs=model_kwargs,
-        epochs=a.epochs, batch_size=a.batch_size, lr=lr, momentum=a.momentum,
-        weight_decay=a.weight_decay, schedule=a.schedule, patience=a.patience,
-        step_epochs=a.step_epochs, seed=a.seed, backend=a.backend, devices=devices,
-        out=a.out, resume=a.resume, max_steps=a.max_steps,
-        checkpoint_every=a.checkpoint_every, workers=a.workers, progress=not a.no_progress,
+        pca=a.pca, flip=not a.no_flip, input_scale=a.input_scale, model=a.model,
+        model_kwargs=model_kwargs, dropout=a.dropout, epochs=a.epochs, batch_size=a.batch_size, lr=lr,
+        momentum=a.momentum, weight_decay=a.weight_decay, schedule=a.schedule,
+        patience=a.patience, plateau_threshold=a.plateau_threshold,
+        step_epochs=a.step_epochs, step_fractions=a.step_fractions, seed=a.seed,
+        backend=a.backend, devices=a.devices, out=a.out, resume=a.resume,
+        max_steps=a.max_steps, checkpoint_every=a.checkpoint_every,
+        health_every=a.health_every, workers=a.workers, progress=not a.no_progress,
         distributed=a.distributed, rank_timeout=a.rank_timeout)
 
 
 def make_model(cfg, num_classes):
     kwargs = dict(cfg["model_kwargs"])
+    if cfg.get("dropout") is not None and model_has_dropout(cfg["model"]):
+        kwargs.setdefault("dropout", cfg["dropout"])
     kwargs.setdefault("num_classes", num_classes)
     kwargs.setdefault("input_size", cfg["crop"])
     if cfg["devices"] is not None:
@@ -515,18 +649,17 @@ def run(cfg, log=print):
         keep = {k: cfg[k] for k in ("epochs", "max_steps", "resume", "progress", "workers",
                                     "distributed", "rank_timeout")}
         cfg = {**loaded[1]["config"], **keep}
-    train, val, mean, pca, model = comm.together(_prepare, cfg, comm, errors=USER_ERRORS)
+    train, val, mean, std, pca, model, cfg = comm.together(_prepare, cfg, comm,
+                                                           errors=USER_ERRORS)
     comm = distributed.with_devices(comm, model.devices)    # NCCL where the backend has it
     if comm.size > 1:
         comm.check_same(_run_identity(train, val, mean, model))
-    trainer = comm.together(_make_trainer, model, train, val, mean, cfg, pca, log, comm,
+    trainer = comm.together(_make_trainer, model, train, val, mean, std, cfg, pca, log, comm,
                             ckpt, loaded, errors=USER_ERRORS)
     if loaded:
         log(f"resumed {ckpt} at epoch {trainer.epoch}, step {trainer.step}")
     elif comm.size > 1:
         comm.broadcast_arrays(model.params().values())    # rank 0's initial weights
-        if comm.rank > 0:
-            _seed_rank(comm, cfg["seed"], None)
     log(f"{cfg['model']} on {train!r}; validating on {len(val)} images; backend "
         f"{cfg['backend']}, devices {cfg['devices'] or [0]}; run directory {cfg['out']}")
     if comm.size > 1:
@@ -539,8 +672,8 @@ def run(cfg, log=print):
     return trainer
 
 
-def _make_trainer(model, train, val, mean, cfg, pca, log, comm, ckpt, loaded):
-    trainer = Trainer(model, train, val, mean, cfg, pca=pca, log=log, comm=comm)
+def _make_trainer(model, train, val, mean, std, cfg, pca, log, comm, ckpt, loaded):
+    trainer = Trainer(model, train, val, mean, cfg, pca=pca, log=log, std=std, comm=comm)
     if loaded:
         trainer.load(ckpt, loaded)
     return trainer
@@ -565,12 +698,13 @@ def _prepare(cfg, comm):
     offset = comm.local_rank * (max(cfg["devices"] or [0]) + 1)
     backend.use(cfg["backend"], seed=cfg["seed"], devices=cfg["devices"], device_offset=offset)
     if cfg["batch_size"] % comm.size:
-        raise ValueError(f"--batch-size {cfg['batch_size']} (the global batch) does not split "
+        raise ConfigError(f"--batch-size {cfg['batch_size']} (the global batch) does not split "
                          f"into {comm.size} equal shares, one per rank")
-    train, val, mean, pca = prepare_data(cfg)
+    train, val, mean, std, pca = prepare_data(cfg)
+    cfg = fit_sizes(cfg, train)
     if len(val) < comm.size:
-        raise ValueError(f"{len(val)} validation images cannot be shared by {comm.size} ranks")
-    return train, val, mean, pca, make_model(cfg, train.num_classes)
+        raise ConfigError(f"{len(val)} validation images cannot be shared by {comm.size} ranks")
+    return train, val, mean, std, pca, make_model(cfg, train.num_classes), cfg
 
 
 def _run_identity(train, val, mean, model):
@@ -584,18 +718,6 @@ def _run_identity(train, val, mean, model):
 def _gpus(devices):
     b = backend.current()
     return [int(d) + getattr(b, "offset", 0) for d in devices] if b.name == "cupy" else "none"
-
-
-def _seed_rank(comm, seed, meta):
-    """Rank r > 0's own random stream (its dropout masks differ from rank 0's): the one
-    saved for it when the checkpoint was written by as many ranks, else a fresh one
-    from (seed, rank, step)."""
-    saved = (meta or {}).get("rng_ranks") or []
-    step = (meta or {}).get("step", 0)
-    if len(saved) == comm.size and saved[comm.rank] and backend.current().name == "numpy":
-        set_generator_state(backend.rng(), saved[comm.rank])
-    else:
-        backend.seed(distributed.rank_seed(seed, comm.rank) + step)
 
 
 def _quiet(*args, **kwargs):

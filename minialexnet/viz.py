@@ -3,8 +3,9 @@ neighbours (Figure 4).  Host-side only; matplotlib is imported when a plot is ma
 """
 
 from .backend import np, to_numpy
+from .files import atomic_savefig
 
-__all__ = ["plot_history", "filter_grid", "show_filters", "colourfulness",
+__all__ = ["plot_history", "plot_health", "filter_grid", "show_filters", "colourfulness",
            "show_predictions", "show_neighbours", "nearest_neighbours"]
 
 
@@ -37,7 +38,55 @@ def plot_history(history, path=None, title=None):
         fig.suptitle(title)
     fig.tight_layout()
     if path:
-        fig.savefig(path, dpi=100)
+        atomic_savefig(fig, path, dpi=100)   # a full disk never leaves a broken PNG
+        plt.close(fig)
+    return fig
+
+
+def _health_series(records, stat):
+    """{layer: (steps, values)} of one health statistic, in network order."""
+    series = {}
+    for r in records:
+        for layer, stats in r["layers"].items():
+            if stat in stats:
+                steps, values = series.setdefault(layer, ([], []))
+                steps.append(r["step"])
+                values.append(stats[stat])
+    return series
+
+
+def plot_health(records, path=None, title=None):
+    """The training-health records of ``health.HealthMonitor`` in one figure: per
+    layer, the update-to-weight ratio ||dW|| / ||W|| (log scale; a layer far above the
+    others learns too fast for the shared learning rate), the std of its output
+    (log scale; shrinking with depth = vanishing signal), and the fraction of dead
+    ReLUs or saturated tanh units."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    panels = [("update_ratio", "update / weight  ||dW|| / ||W||", True),
+              ("act_std", "output std (conv/fc layers)", True),
+              (None, "dead ReLUs / saturated tanh units", False)]
+    for ax, (stat, label, log) in zip(axes, panels):
+        if stat is None:
+            series = {**{f"{k} dead": v for k, v in _health_series(records, "dead").items()},
+                      **{f"{k} saturated": v for k, v in _health_series(records, "saturated").items()}}
+        else:
+            series = _health_series(records, stat)
+        for layer, (steps, values) in series.items():
+            ax.plot(steps, values, ".-", label=layer)
+        if log and series:
+            ax.set_yscale("log")
+        if stat is None:
+            ax.set_ylim(0, 1)
+        ax.set_xlabel("step")
+        ax.set_title(label, fontsize=10)
+        if series:
+            ax.legend(fontsize=7, ncol=2)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    if path:
+        atomic_savefig(fig, path, dpi=100)
         plt.close(fig)
     return fig
 
@@ -82,7 +131,7 @@ def show_filters(groups, path=None, title="conv1 filters"):
     fig.suptitle(title)
     fig.tight_layout()
     if path:
-        fig.savefig(path, dpi=100)
+        atomic_savefig(fig, path, dpi=100)
     return fig
 
 
@@ -114,7 +163,7 @@ def show_predictions(images, probs, class_names, labels=None, k=5, columns=4, pa
             ax_img.set_title(class_names[labels[i]][:24], fontsize=9)
     fig.tight_layout()
     if path:
-        fig.savefig(path, dpi=100)
+        atomic_savefig(fig, path, dpi=100)
     return fig
 
 
@@ -146,5 +195,5 @@ def show_neighbours(query_images, bank_images, neighbours, path=None, title=None
         fig.suptitle(title)
     fig.tight_layout()
     if path:
-        fig.savefig(path, dpi=100)
+        atomic_savefig(fig, path, dpi=100)
     return fig

@@ -102,10 +102,13 @@ class ModuleProxy:
 
 
 def recording_backend(recorder, seed=0):
-    """A NumPy backend whose array module records into ``recorder``."""
+    """A NumPy backend whose array module records into ``recorder``.  It can do what
+    CuPy can (no host threads, no cache blocking), so it records the calls CuPy runs."""
     global _RECORDER
     _RECORDER = recorder
-    return backend.Backend("numpy-recording", ModuleProxy(np), seed)
+    b = backend.Backend("numpy-recording", ModuleProxy(np), seed)
+    b.host_threads = b.prefers_cache_blocking = False
+    return b
 
 
 def as_recorded(x):

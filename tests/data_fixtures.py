@@ -86,3 +86,21 @@ def make_class_folders(root, split="train", classes=("n01440764", "n02102040"), 
 def truncated_jpeg(img):
     b = jpeg_bytes(img)
     return b[: len(b) // 2]
+
+
+def png_bytes(a, bits=16):
+    """A PNG written by hand (Pillow cannot write 16-bit RGB): ``a`` uint16 (H, W) grey
+    or (H, W, 3) RGB, stored with ``bits`` bits per sample."""
+    import struct
+    import zlib
+    a = np.asarray(a)
+    h, w = a.shape[:2]
+    colour = 2 if a.ndim == 3 else 0
+    dtype = ">u2" if bits == 16 else "u1"
+    raw = b"".join(b"\0" + row.astype(dtype).tobytes() for row in a)
+
+    def chunk(kind, body):
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, bits, colour, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))

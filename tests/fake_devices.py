@@ -236,7 +236,14 @@ class _DeviceContext:
 
 
 class FakeDevices(backend.Backend):
-    """A backend with ``n`` fake devices (see the module docstring)."""
+    """A backend with ``n`` fake devices (see the module docstring).
+
+    It can do what CuPy can: no host threads (the current device is per thread, so
+    worker threads would run on device 0) and no cache blocking, so the fake-device
+    tests run the code paths a GPU runs."""
+
+    host_threads = False
+    prefers_cache_blocking = False
 
     def __init__(self, n=2, seed=0):
         global _BACKEND
@@ -257,6 +264,10 @@ class FakeDevices(backend.Backend):
         if i not in self._rngs:
             self._rngs[i] = _Generator(np.random.default_rng(self._seed + i * 1000003), i)
         return self._rngs[i]
+
+    def keyed_rng(self, *key):
+        """As NumPy's (the same numbers), but made on and bound to the current device."""
+        return _Generator(np.random.default_rng([self._seed, *key]), current_device())
 
     def device(self, i):
         if not 0 <= int(i) < self.n:

@@ -9,6 +9,8 @@
 import ast
 import os
 import pathlib
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -146,7 +148,34 @@ def test_cupy_backend_fails_with_one_clear_line_without_gpu():
         backend.use("cupy")
     msg = str(e.value)
     assert msg.startswith("cupy backend:") and "\n" not in msg
-    assert "not installed" in msg or "no usable GPU" in msg
+    assert "not installed" in msg or msg.startswith("cupy backend: no usable NVIDIA GPU was found")
+
+
+class _FakeCupy:
+    """Just enough of a cupy module for _make_cupy: a runtime that fails or counts 0."""
+
+    def __init__(self, outcome):
+        def count():
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome
+        self.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=count))
+
+
+@pytest.mark.parametrize("outcome,cuda_says", [
+    (RuntimeError("cudaErrorInsufficientDriver: CUDA driver version is insufficient for "
+                  "CUDA runtime version"), "cudaErrorInsufficientDriver"),
+    (RuntimeError("cudaErrorNoDevice: no CUDA-capable device is detected"), "cudaErrorNoDevice"),
+    (RuntimeError("cudaErrorInitializationError: initialization error"), "initialization error"),
+    (0, "CUDA reports no GPU"),
+])
+def test_no_gpu_is_said_first(monkeypatch, outcome, cuda_says):
+    monkeypatch.setitem(sys.modules, "cupy", _FakeCupy(outcome))
+    with pytest.raises(backend.BackendError) as e:
+        backend.use("cupy")
+    msg = str(e.value)
+    assert msg.startswith("cupy backend: no usable NVIDIA GPU was found (") and "\n" not in msg
+    assert cuda_says in msg and "--backend numpy" in msg
 
 
 def test_numpy_backend_rejects_other_devices():

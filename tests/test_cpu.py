@@ -1,4 +1,4 @@
-"""minialexnet/cpu.py: the process settings for speed, each checked in a fresh interpreter."""
+"""minialexnet/cpu.py: CPU tuning is opt-in (``tune()``); each case in a fresh interpreter."""
 
 import os
 import subprocess
@@ -6,39 +6,69 @@ import sys
 
 import pytest
 
-REPORT = ("from minialexnet import cpu; import os; "
-          "print(cpu.BLAS_SLEEPS_WHEN_IDLE, os.environ.get('OPENBLAS_THREAD_TIMEOUT'), cpu._kept)")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LINUX = sys.platform.startswith("linux") and os.path.exists("/proc/self/status")
+REPORT = "; t = cpu.tuned(); print(t.blas_sleeps_when_idle, t.malloc_keeps_freed, " \
+         "os.environ.get('OPENBLAS_THREAD_TIMEOUT'), '|', t.note)"
 
 
-def run(code, **env):
+def run(code, *args, **env):
     base = {k: v for k, v in os.environ.items()
-            if k not in ("OPENBLAS_THREAD_TIMEOUT", "MINIALEXNET_CPU_TUNING")}
-    out = subprocess.run([sys.executable, "-c", code], env=dict(base, **env),
-                         capture_output=True, text=True, check=True)
+            if k not in ("OPENBLAS_THREAD_TIMEOUT", "MINIALEXNET_CPU_TUNING", "PYTHONPATH")}
+    base["PYTHONPATH"] = ROOT
+    out = subprocess.run([sys.executable, "-c", code, *args], env=dict(base, **env),
+                         capture_output=True, text=True, check=True, cwd=ROOT)
     return out.stdout.split()
 
 
-def test_blas_threads_sleep_when_minialexnet_comes_first():
-    sleeps, timeout, kept = run("import minialexnet; " + REPORT)
-    assert (sleeps, timeout) == ("True", "4")
-    if sys.platform.startswith("linux") and os.path.exists("/lib/x86_64-linux-gnu/libc.so.6"):
-        assert kept == "True"
+def test_importing_minialexnet_changes_nothing_and_loads_no_numpy():
+    code = ("import os, sys; env = dict(os.environ); import minialexnet; "
+            "print('numpy' in sys.modules); import minialexnet.train, minialexnet.evaluate, "
+            "minialexnet.predict, minialexnet.models; from minialexnet import cpu; "
+            "print(dict(os.environ) == env, cpu.tuned())")
+    # No NumPy after `import minialexnet`: so the tools can tune before NumPy loads.
+    assert run(code) == ["False", "True", "None"]
 
 
-def test_too_late_when_numpy_was_loaded_first():
-    sleeps, timeout, _ = run("import numpy; import minialexnet; " + REPORT)
-    assert sleeps == "False"        # the variable is set, but OpenBLAS has read its settings
+def test_tune_before_numpy_makes_blas_threads_sleep():
+    blas, malloc, timeout, *_ = run("import os; from minialexnet import cpu; cpu.tune(); "
+                                    "import numpy" + REPORT)
+    assert (blas, timeout) == ("True", "4")
+    if LINUX:
+        assert malloc == "True"
+
+
+def test_tune_after_numpy_says_the_blas_part_came_too_late():
+    out = run("import os, numpy; from minialexnet import cpu; cpu.tune()" + REPORT)
+    assert out[0] == "False" and "OPENBLAS_THREAD_TIMEOUT=4" in " ".join(out)
+    if LINUX:
+        assert out[1] == "True"        # malloc's part works at any time
 
 
 def test_a_setting_from_the_shell_is_kept():
-    sleeps, timeout, _ = run("import numpy; import minialexnet; " + REPORT,
-                             OPENBLAS_THREAD_TIMEOUT="10")
-    assert (sleeps, timeout) == ("False", "10")
+    out = run("import os, numpy; from minialexnet import cpu; cpu.tune()" + REPORT,
+              OPENBLAS_THREAD_TIMEOUT="10")
+    assert out[0] == "False" and out[2] == "10" and "is kept" in " ".join(out)
+    out = run("import os, numpy; from minialexnet import cpu; cpu.tune()" + REPORT,
+              OPENBLAS_THREAD_TIMEOUT="4")
+    assert out[0] == "True"            # set before the process started: OpenBLAS read it
 
 
 def test_tuning_can_be_turned_off():
-    sleeps, timeout, kept = run("import minialexnet; " + REPORT, MINIALEXNET_CPU_TUNING="0")
-    assert (sleeps, timeout, kept) == ("False", "None", "None")
+    out = run("import os; from minialexnet import cpu; cpu.tune()" + REPORT,
+              MINIALEXNET_CPU_TUNING="0")
+    assert out[:3] == ["False", "False", "None"]
+
+
+@pytest.mark.parametrize("tool", ["train", "evaluate", "predict"])
+def test_the_command_line_tools_tune_before_numpy(tool):
+    code = ("import os, runpy, sys; sys.argv = [sys.argv[1], '--help']\n"
+            "try: runpy.run_module('minialexnet.' + sys.argv[0], run_name='__main__')\n"
+            "except SystemExit: pass\n"
+            "from minialexnet import cpu; print('REPORT')" + REPORT)
+    out = run(code, tool)
+    blas, malloc, timeout, *_ = out[len(out) - out[::-1].index("REPORT"):]   # after --help
+    assert (blas, timeout) == ("True", "4")
 
 
 def test_keep_freed_memory_is_idempotent_and_harmless():
@@ -52,37 +82,34 @@ def test_keep_freed_memory_is_idempotent_and_harmless():
 
 # How much resident memory a process gets back when it frees a touched 200 MB array.
 GIVEN_BACK = ("import sys, minialexnet, numpy as np; from minialexnet import cpu\n"
-              "if len(sys.argv) > 1: cpu.malloc_mode(sys.argv[1])\n"
+              "if sys.argv[1:] == ['tune']: cpu.tune()\n"
+              "elif sys.argv[1:]: cpu.malloc_mode(sys.argv[1])\n"
               "rss = lambda: int([l for l in open('/proc/self/status') "
               "if l.startswith('VmRSS')][0].split()[1]) // 1024\n"
               "a = np.ones(50_000_000, np.float32); before = rss(); del a\n"
               "print(before - rss())")
-glibc_only = pytest.mark.skipif(not os.path.exists("/proc/self/status")
-                                or not sys.platform.startswith("linux"), reason="glibc only")
 
 
 def given_back_mib(*args, **env):
-    base = {k: v for k, v in os.environ.items() if k != "MINIALEXNET_CPU_TUNING"}
-    out = subprocess.run([sys.executable, "-c", GIVEN_BACK, *args], env=dict(base, **env),
-                         capture_output=True, text=True, check=True)
-    return int(out.stdout.split()[-1])
+    return int(run(GIVEN_BACK, *args, **env)[-1])
 
 
-@glibc_only
-def test_freed_memory_is_kept_and_glibc_mode_gives_it_back():
+@pytest.mark.skipif(not LINUX, reason="glibc only")
+def test_freed_memory_is_kept_only_when_asked():
     from minialexnet import cpu
     if not cpu.keep_freed_memory():
         pytest.skip("this C library has no mallopt")
-    assert given_back_mib() < 20                              # kept for the next step
-    assert given_back_mib(MINIALEXNET_CPU_TUNING="0") > 150   # glibc unmaps it
+    assert given_back_mib() > 150                             # import alone: glibc's own
+    assert given_back_mib("tune") < 20                        # kept for the next step
+    assert given_back_mib("tune", MINIALEXNET_CPU_TUNING="0") > 150
     assert given_back_mib("glibc") > 150                      # the benchmark's torch side
     assert given_back_mib("kept") < 20
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+@pytest.mark.skipif(not LINUX, reason="glibc only")
 def test_malloc_setting_survives_a_training_step():
-    code = ("import minialexnet; from minialexnet import cpu; from minialexnet.models import "
-            "build_model; import numpy as np; m = build_model('fournet'); "
+    code = ("import minialexnet; from minialexnet import cpu; cpu.tune(); from minialexnet.models "
+            "import build_model; import numpy as np; m = build_model('fournet'); "
             "y = m.forward(np.zeros((2, 3, 32, 32), np.float32)); m.backward(y); "
             "print(cpu._kept, y.shape)")
     out = run(code)

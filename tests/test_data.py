@@ -92,8 +92,15 @@ def test_synthetic_learnable_by_nearest_centroid_of_edges():
 
 # --- CIFAR-10 -----------------------------------------------------------------------------
 
-def test_cifar10_python_batches(tmp_path):
+def test_cifar10_python_batches_are_read_only_by_the_explicit_conversion(tmp_path, capsys):
+    from minialexnet.data.__main__ import main
     xtr, ytr, xte, yte = make_cifar_batches(tmp_path / "cifar-10-batches-py", per_batch=3)
+    with pytest.raises(DataError, match="convert-cifar10 .*cifar-10-batches-py"):
+        load_dataset("cifar10", str(tmp_path))
+    assert main(["convert-cifar10", str(tmp_path / "cifar-10-batches-py")]) == 0
+    out, err = capsys.readouterr()
+    assert err.startswith("warning: ") and "unpickling" in err and err.count("\n") == 1
+    assert sorted(os.listdir(tmp_path / "cifar10")) == ["cifar10_test.npz", "cifar10_train.npz"]
     tr = load_dataset("cifar10", str(tmp_path))
     assert tr.x.shape == (15, 32, 32, 3) and tr.x.dtype == np.uint8
     assert np.array_equal(tr.x, xtr) and np.array_equal(tr.y, ytr)
@@ -133,10 +140,13 @@ def test_cifar10_missing_and_wrong_format(tmp_path):
     with pytest.raises(DataError, match="neither a plain array npz"):
         load_dataset("cifar10", str(tmp_path))
     bad = tmp_path / "b" / "cifar-10-batches-py"
-    bad.mkdir(parents=True)
+    make_cifar_batches(bad, per_batch=2)
     (bad / "data_batch_1").write_bytes(b"not a pickle")
     with pytest.raises(DataError, match="data_batch_1: not a CIFAR-10 python batch"):
-        load_dataset("cifar10", str(tmp_path / "b"))
+        data.convert_cifar10(str(bad))
+    os.remove(bad / "data_batch_1")
+    with pytest.raises(DataError, match="data_batch_1: file not found"):
+        data.convert_cifar10(str(bad))
 
 
 @pytest.mark.skipif(not os.path.exists(f"{SHARED}/cifar10/cifar10_train_jpeg.npz"),
@@ -357,7 +367,7 @@ def test_loader_over_lazy_files(tmp_path):
 
 def test_main_reports_one_line_errors(tmp_path, capsys):
     from minialexnet.data.__main__ import main
-    assert main(["info", "cifar10", "--data-dir", str(tmp_path)]) == 1
+    assert main(["info", "cifar10", "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "no CIFAR-10 found" in err and "\n" not in err
     assert main(["info", "synthetic", "--n", "100"]) == 0

@@ -188,7 +188,7 @@ def test_two_ranks_make_the_one_process_step_and_agree_bit_for_bit(tmp_path, str
     got, meta = arrays_of(tmp_path / "run" / "checkpoint.npz")
     want, want_meta = straight
     assert_same_run(want, got)
-    assert sorted(os.listdir(tmp_path / "run")) == ["checkpoint.npz", "curves.png",
+    assert sorted(os.listdir(tmp_path / "run")) == ["checkpoint.npz", "curves.png", "health.png",
                                                     "metrics.csv", "metrics.jsonl"]
     # The sharded validation's summed counts, and the agreed training numbers.
     (h,), (w,) = meta["history"], want_meta["history"]

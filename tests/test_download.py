@@ -57,7 +57,9 @@ def test_download_cifar10_from_local_server(server, tmp_path):
     got = download("cifar10", str(root), url=f"{base}/cifar-10-python.tar.gz",
                    md5=_md5(archive), progress_bar=False)
     assert got == str(root / "cifar-10-batches-py")
-    assert sorted(os.listdir(root)) == ["cifar-10-batches-py"]     # no temp files left
+    # No temp files left; the verified pickles converted once into the packed npz.
+    assert sorted(os.listdir(root)) == ["cifar-10-batches-py", "cifar10"]
+    assert sorted(os.listdir(root / "cifar10")) == ["cifar10_test.npz", "cifar10_train.npz"]
     ds = data.load_dataset("cifar10", str(root))
     assert ds.x.shape == (10, 32, 32, 3) and len(ds.class_names) == 10
     # Already complete: no second download (the server would 404 now).
@@ -121,4 +123,27 @@ def test_main_download_one_line_error(server, tmp_path, capsys):
     rc = main(["download", "cifar10", "--data-dir", str(tmp_path / "d"),
                "--url", f"{base}/nothing.tgz"])
     err = capsys.readouterr().err.strip()
-    assert rc == 1 and err.startswith("error: ") and "\n" not in err
+    assert rc == 2 and err.startswith("error: ") and "\n" not in err
+
+
+def test_an_unverified_archive_is_extracted_but_not_unpickled(server, tmp_path):
+    base, www = server
+    make_cifar_targz(str(www / "c.tar.gz"), per_batch=2)
+    root = tmp_path / "data"
+    said = []
+    download("cifar10", str(root), url=f"{base}/c.tar.gz", progress_bar=False, log=said.append)
+    assert sorted(os.listdir(root)) == ["cifar-10-batches-py"]       # not converted
+    assert len(said) == 1 and "convert-cifar10" in said[0]
+    with pytest.raises(DataError, match="convert-cifar10"):
+        data.load_dataset("cifar10", str(root))
+
+
+def test_main_download_says_where_and_converts(server, tmp_path, capsys):
+    from minialexnet.data.__main__ import main
+    base, www = server
+    archive = make_cifar_targz(str(www / "c.tar.gz"), per_batch=2)
+    rc = main(["download", "cifar10", "--data-dir", str(tmp_path / "d"), "--url",
+               f"{base}/c.tar.gz", "--md5", _md5(archive)])
+    out, err = capsys.readouterr()
+    assert rc == 0 and "converted the checksum-verified batches" in err
+    assert out.strip() == f"cifar10: ready in {tmp_path / 'd' / 'cifar-10-batches-py'}"

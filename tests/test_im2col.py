@@ -1,12 +1,13 @@
-"""im2col / col2im in both layouts: the readable NCHW one (chapter 5) and the
-channels-last one the layers run on.  Each col2im must be its im2col's adjoint,
+"""im2col / col2im in both layouts: the readable NCHW one (minialexnet/reference,
+chapter 5) and the channels-last one the fast layers run on.  Each col2im must be its im2col's adjoint,
 and the two layouts must hold the same windows."""
 
 import numpy as np
 import pytest
 
 from minialexnet import backend
-from minialexnet.im2col import col2im, col2im_nhwc, im2col, im2col_nhwc
+from minialexnet.im2col import col2im_nhwc, im2col_nhwc
+from minialexnet.reference.im2col import col2im, im2col
 from minialexnet.layers import Conv2D
 
 

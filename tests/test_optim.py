@@ -119,6 +119,17 @@ def test_step_schedule_and_resume():
     lrs = [sched.step() for _ in range(5)]
     np.testing.assert_allclose(lrs, [0.01, 1e-3, 1e-3, 1e-4, 1e-4])
     opt2 = SGD({"w": np.zeros(1, np.float32)}, lr=5.0)
-    sched2 = StepLR(opt2).load_state_dict(sched.state_dict())
+    sched2 = StepLR(opt2, milestones=(2, 4)).load_state_dict(sched.state_dict())
     assert opt2.lr == pytest.approx(1e-4) and sched2.epoch == 5
     assert sched2.step() == pytest.approx(1e-4)
+
+
+def test_step_schedule_every_k_epochs_has_no_last_cut():
+    opt = SGD({"w": np.zeros(1, np.float32)}, lr=1.0)
+    sched = StepLR(opt, every=2)
+    lrs = [sched.step() for _ in range(7)]
+    np.testing.assert_allclose(lrs, [1, 0.1, 0.1, 0.01, 0.01, 1e-3, 1e-3])
+    opt2 = SGD({"w": np.zeros(1, np.float32)}, lr=5.0)
+    # The schedule is what it is built as; the state carries the epoch and base rate.
+    sched2 = StepLR(opt2, every=2).load_state_dict(sched.state_dict())
+    assert sched2.every == 2 and sched2.step() == pytest.approx(1e-4)

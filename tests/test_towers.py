@@ -7,6 +7,7 @@
 (b) Removing any one transfer (forward or backward) makes it fail.
 (c) The two towers equal ONE network with grouped convolutions (groups=2 for conv2,
     conv4, conv5, and LRN within each group), computed by PyTorch.
+(a)-(c) run on both implementations (``layers="fast"`` and ``"reference"``).
 """
 
 import types
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 from minialexnet import backend, towers
+from minialexnet.reference import towers as ref_towers
 from minialexnet.models import AlexNet, SmallAlexNet
 from minialexnet.optim import SGD
 
@@ -33,6 +35,9 @@ def tiny(devices=(0, 1), **kw):
     """The paper's topology at a tiny width (32 px, two towers)."""
     kw.setdefault("init_std", 0.1)
     return SmallAlexNet(width=0.25, devices=devices, **kw)
+
+
+LAYERS = pytest.mark.parametrize("layers", ["fast", "reference"])
 
 
 def images(n=3, size=32, seed=0):
@@ -76,9 +81,10 @@ def _rng_on(fake, i):
 
 
 # ---------------------------------------------------------------- (a) two fake devices
-def test_two_towers_on_two_fake_devices():
+@LAYERS
+def test_two_towers_on_two_fake_devices(layers):
     fake = backend.use(FakeDevices(2))
-    model = tiny((0, 1))
+    model = tiny((0, 1), layers=layers)
     placed = model.param_devices()
     for name, p in model.params().items():
         assert isinstance(p, FakeArray) and p.device == placed[name]
@@ -108,17 +114,18 @@ def test_two_towers_on_two_fake_devices():
     assert fake.syncs == []
 
 
-def test_fake_two_devices_compute_what_one_device_computes():
+@LAYERS
+def test_fake_two_devices_compute_what_one_device_computes(layers):
     x = images()
     dlogits = np.random.default_rng(1).standard_normal((3, 10)).astype(np.float32)
-    ref = tiny((0, 0)).eval()
+    ref = tiny((0, 0), layers=layers).eval()
     state = ref.state_dict()
     want_logits = ref.forward(x)
     want_dx = ref.backward(dlogits)
     want_grads = {k: v.copy() for k, v in ref.grads().items()}
 
     backend.use(FakeDevices(2))
-    model = tiny((0, 1)).eval()
+    model = tiny((0, 1), layers=layers).eval()
     model.load_state_dict(state)
     logits = model.forward(on_device(x, 0))
     dx = model.backward(on_device(dlogits, 0))
@@ -147,11 +154,11 @@ def test_features_gather_the_towers_onto_the_first_device():
 
 
 # ---------------------------------------------------------------- (b) remove one transfer
-def _run_skipping(monkeypatch, skip):
+def _run_skipping(monkeypatch, skip, layers):
     """Forward+backward on two fake devices with the ``skip``-th cross-device transfer
     left out (its input returned as is).  Returns the number of such transfers."""
     fake = backend.use(FakeDevices(2, seed=0))
-    model = tiny((0, 1))
+    model = tiny((0, 1), layers=layers)
     x = on_device(images(2), 0)
     real = towers.transfer
     count = [0]
@@ -164,16 +171,18 @@ def _run_skipping(monkeypatch, skip):
                 return a                       # the transfer step, removed
         return real(a, device)
     monkeypatch.setattr(towers, "transfer", transfer)
+    monkeypatch.setattr(ref_towers, "transfer", transfer)
     model.backward(model.forward(x))
     return count[0]
 
 
-def test_removing_any_one_transfer_fails(monkeypatch):
-    n = _run_skipping(monkeypatch, skip=-1)     # nothing removed: runs
+@LAYERS
+def test_removing_any_one_transfer_fails(monkeypatch, layers):
+    n = _run_skipping(monkeypatch, -1, layers)  # nothing removed: runs
     assert n == 16                              # 8 links forward, 8 backward
     for k in range(n):
         with pytest.raises(DeviceMismatch):
-            _run_skipping(monkeypatch, skip=k)
+            _run_skipping(monkeypatch, k, layers)
 
 
 # ---------------------------------------------------------------- per-device RNG on CuPy
@@ -209,6 +218,59 @@ def test_cupy_backend_has_one_generator_per_device():
     assert b.rng is b.rng and made == [(0, 7), (1, 7 + 1000003)]
     b.seed(3)
     assert b.rng.seed == 3
+
+
+def test_cupy_keyed_generators_are_made_on_the_current_device():
+    """B4 on CuPy: a dropout mask's generator is made from (seed, *key) alone, on the
+    device that is current (tower 1's on GPU 1), with calls real CuPy has."""
+    import cupy_surface
+    current = [0]
+
+    class Device:
+        def __init__(self, i=None):
+            self.id = current[0] if i is None else i
+
+        def __enter__(self):
+            self.prev, current[0] = current[0], self.id
+
+        def __exit__(self, *exc):
+            current[0] = self.prev
+
+    rec = cupy_surface.Recorder()
+
+    def Philox4x3210(seed, **kw):
+        rec.add("function", "random.Philox4x3210", 1, kw)
+        return types.SimpleNamespace(device=current[0], seed=list(seed))
+
+    def Generator(bitgen, **kw):
+        rec.add("function", "random.Generator", 1, kw)
+        return types.SimpleNamespace(device=bitgen.device, seed=bitgen.seed)
+
+    cupy = types.SimpleNamespace(
+        cuda=types.SimpleNamespace(Device=Device,
+                                   runtime=types.SimpleNamespace(getDeviceCount=lambda: 2)),
+        random=types.SimpleNamespace(Philox4x3210=Philox4x3210, Generator=Generator))
+    b = backend.CupyBackend(cupy, seed=7)
+    with Device(1):
+        g = b.keyed_rng(11, 3)
+    assert (g.device, g.seed) == (1, [7, 11, 3])
+    assert b.keyed_rng(11, 3).seed == g.seed and b.keyed_rng(11, 4).seed != g.seed
+    pytest.importorskip("cupy")
+    assert not cupy_surface.check_against_cupy(rec)
+
+
+def test_dropout_masks_follow_seed_name_and_draw():
+    from minialexnet.layers import Dropout
+    x = np.ones((4, 50), np.float32)
+    a, b = Dropout(name="drop6.tower0"), Dropout(name="drop6.tower1")
+    m0 = a.forward(x)
+    assert a.draw == 1 and (a.forward(x) != m0).any()          # the next draw differs
+    a.draw = 0
+    np.testing.assert_array_equal(a.forward(x), m0)             # same (seed, name, draw)
+    assert (b.forward(x) != m0).any()                           # another tower's mask
+    backend.use("numpy", seed=1)
+    a.draw = 0
+    assert (a.forward(x) != m0).any()                           # another seed
 
 
 # ---------------------------------------------------------------- (c) PyTorch, grouped convs
@@ -251,12 +313,13 @@ def _set_lrn_alpha(model, alpha):
             layer.alpha = alpha
 
 
+@LAYERS
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_two_towers_equal_grouped_convolutions_in_pytorch(mode):
+def test_two_towers_equal_grouped_convolutions_in_pytorch(mode, layers):
     torch = pytest.importorskip("torch")
     # The paper's AlexNet at a reduced width, float64; 99 px gives 2x2 maps at pool5
     model = AlexNet(num_classes=7, input_size=99, widths=(8, 16, 24, 24, 16), fc=(12, 10),
-                    init_std=0.2, dtype="float64")
+                    init_std=0.2, dtype="float64", layers=layers)
     _set_lrn_alpha(model, 0.5)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 3, 99, 99))
@@ -344,3 +407,92 @@ def test_two_devices_never_stack_even_when_handed_one_array():
     model = tiny((0, 1))
     model.forward(images())
     assert not any(getattr(s, "stacked", None) for s in model.steps)
+
+
+# ---------------------------------------------------------------- misuse of the steps and the model
+from minialexnet.layers import LayerStateError, ShapeError  # noqa: E402
+from minialexnet.models import MAX_PARAMS, ModelSizeError, build_model  # noqa: E402
+
+
+def _step(model, name):
+    return next(s for s in model.steps if s.name == name)
+
+
+STEP_MISTAKES = {
+    # (step, call, error, words)
+    "tower layer given one array": ("conv1", lambda s: s.forward(images()), ShapeError,
+                                    "a list of 2 arrays, one per tower, got ndarray"),
+    "tower layer given one tower's list": ("conv1", lambda s: s.forward([images()]), ShapeError,
+                                           "got a list of 1"),
+    "tower gradient list too long": ("relu1", lambda s: s.backward([1, 2, 3]), ShapeError,
+                                     "got a list of 3"),
+    "exchange backward first": ("exchange3", lambda s: s.backward([None, None]),
+                                LayerStateError, "backward() called before forward()"),
+    "gather backward first": ("gather8", lambda s: s.backward(np.ones((3, 8), np.float32)),
+                              LayerStateError, "backward() called before forward()"),
+    "exchange given one array": ("exchange6", lambda s: s.forward(images()), ShapeError,
+                                 "one per tower"),
+    "broadcast gradient not a list": ("to_towers", lambda s: s.backward(images()), ShapeError,
+                                      "one per tower"),
+    "layer in a tower, backward first": ("conv2", lambda s: s.backward([images(), images()]),
+                                         LayerStateError, "conv2.tower0: backward() called before"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STEP_MISTAKES))
+def test_step_mistakes_name_the_step(case):
+    name, call, error, words = STEP_MISTAKES[case]
+    step = _step(tiny(), name)
+    with pytest.raises(error) as e:
+        call(step)
+    assert words in str(e.value) and str(e.value).startswith(name), str(e.value)
+
+
+MODEL_MISTAKES = {
+    "backward before forward": (lambda m: m.backward(np.ones((3, 10), np.float32)),
+                                LayerStateError, "fc8: backward() called before forward()"),
+    "wrong image size": (lambda m: m.forward(images(size=28)), ShapeError,
+                         "expected images of shape (N, 3, 32, 32), got (3, 3, 28, 28)"),
+    "grey images": (lambda m: m.forward(images()[:, :1]), ShapeError,
+                    "expected images of shape (N, 3, 32, 32)"),
+    "integer images": (lambda m: m.forward(images().astype(np.uint8)), ShapeError,
+                       "floating-point input"),
+    "empty batch": (lambda m: m.forward(images()[:0]), ShapeError, "empty batch"),
+    "wrong logits gradient": (lambda m: (m.forward(images()), m.backward(np.ones((3, 9), np.float32))),
+                              ShapeError, "fc8: the gradient has shape (3, 9)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MODEL_MISTAKES))
+def test_model_mistakes_name_the_layer(case):
+    call, error, words = MODEL_MISTAKES[case]
+    with pytest.raises(error) as e:
+        call(tiny())
+    assert words in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("name,kwargs,layer", [
+    ("small-alexnet", dict(num_classes=10 ** 9), "fc8"),
+    ("small-alexnet", dict(num_classes=1e9), "fc8"),
+    ("alexnet", dict(num_classes=300_000), "fc8"),
+    ("alexnet", dict(fc=(4096, 300_000)), "fc7"),
+    ("small-alexnet", dict(width=1000), "conv2"),
+    ("fournet", dict(widths=(32, 32, 2 * 10 ** 6)), "conv3"),
+    ("torchvision-alexnet", dict(num_classes=10 ** 7), "fc8"),
+])
+def test_huge_models_are_refused_before_allocating(name, kwargs, layer, monkeypatch):
+    # Any allocation of the refused layer's parameters would fail this test.
+    import minialexnet.layers as L
+    real = L._normal
+
+    def guarded(shape, std, dtype):
+        assert np.prod(shape, dtype=np.float64) < MAX_PARAMS, f"allocated {shape}"
+        return real(shape, std, dtype)
+    monkeypatch.setattr(L, "_normal", guarded)
+    with pytest.raises(ModelSizeError, match=rf"^{layer} alone would have [\d,]+ parameters"
+                                             rf".* more than the 1,000,000,000"):
+        build_model(name, **kwargs)
+
+
+def test_the_largest_named_models_fit_the_bound():
+    assert build_model("alexnet").num_params() == 60_965_224 < MAX_PARAMS

@@ -73,7 +73,7 @@ def test_mean_image_is_per_pixel_and_cached(tmp_path):
     assert np.allclose(m, x.mean(0), atol=1e-4)
     assert np.array_equal(T.mean_image(np.zeros_like(x), f), m)     # read back, not recomputed
     ds = data.load_dataset("synthetic", n=20)
-    assert data.stats_file(ds, "mean").endswith(f"{ds.key}-mean.npy")
+    assert data.stats_file(ds, "mean").endswith(f"{ds.key}-{data.content_key(ds)}-mean.npy")
 
 
 def test_pca_fit_recovers_a_known_covariance():

@@ -6,8 +6,9 @@
     train.y        # int64 (N,)
     train.class_names
     mean = data.mean_image(train.x, data.stats_file(train, "mean"))
+    std = data.channel_std(train.x, mean, data.stats_file(train, "std"))   # "unit" scale
     loader = data.Loader(train.x, train.y, 128,
-                         data.TrainTransform(28, mean), seed=0, drop_last=True)
+                         data.TrainTransform(28, mean, std=std), seed=0, drop_last=True)
     for x, y in loader: ...                                   # x float32 (B, 3, 28, 28)
 
 Images are stored uint8 NHWC; the network's float32 NCHW comes out of the transforms.
@@ -16,14 +17,16 @@ Dataset names: "synthetic" (built in, offline), "cifar10", "imagenette",
 ``--data-dir``, else $MINIALEXNET_DATA, else ./data (``data_dir``).
 """
 
+import hashlib
 import os
 
+from ..backend import np
 from .common import DataError, Dataset, cache_dir, data_dir
 from .images import ImageFiles, decode, fit_square
 from .synthetic import CLASS_NAMES as SYNTHETIC_CLASSES, make_synthetic
-from .cifar10 import load_cifar10
+from .cifar10 import convert_cifar10, load_cifar10
 from .imagenet import load_image_folder, load_imagenette, read_synsets
-from .transforms import (EvalTransform, TrainTransform, center_crop, crop_batch, mean_image,
+from .transforms import (EvalTransform, TrainTransform, center_crop, channel_std, crop_batch, mean_image,
                          pca_fit, pca_noise, random_crop_params, softmax, ten_crop,
                          ten_crop_predict, to_nchw)
 from .loader import Loader
@@ -34,10 +37,11 @@ DATASETS = ("synthetic", "cifar10", "imagenette", "imagenet-folder")
 __all__ = [
     "DATASETS", "DataError", "DownloadError", "Dataset", "ImageFiles", "Loader",
     "EvalTransform", "TrainTransform", "SYNTHETIC_CLASSES", "cache_dir", "center_crop",
-    "crop_batch", "data_dir", "decode", "download", "fit_square", "load_cifar10",
-    "load_dataset", "load_image_folder", "load_imagenette", "make_synthetic",
-    "mean_image", "pca_fit", "pca_noise", "random_crop_params", "read_synsets",
-    "softmax", "stats_file", "ten_crop", "ten_crop_predict", "to_nchw",
+    "channel_std", "content_key", "convert_cifar10", "crop_batch", "data_dir", "decode",
+    "download", "fit_square", "load_cifar10", "load_dataset", "load_image_folder",
+    "load_imagenette", "make_synthetic", "mean_image", "pca_fit", "pca_noise",
+    "random_crop_params", "read_synsets", "softmax", "stats_file", "ten_crop",
+    "ten_crop_predict", "to_nchw",
 ]
 
 
@@ -84,6 +88,31 @@ _data_dir = data_dir  # load_dataset's argument shadows the function's name
 
 
 def stats_file(ds, what):
-    """A cache path (in ``cache_dir()``) for statistics of dataset ``ds``, e.g. "mean" or
-    "pca", keyed by ``ds.key``: pass it as ``cache_file`` to ``mean_image``/``pca_fit``."""
-    return os.path.join(cache_dir(), f"{ds.key}-{what}.npy")
+    """A cache path (in ``cache_dir()``) for statistics of dataset ``ds``, e.g. "mean",
+    "std" or "pca": pass it as ``cache_file`` to ``mean_image``/``pca_fit``.
+
+    The one place cache names are made: keyed by ``ds.key`` and by ``content_key(ds)``,
+    a hash of what the dataset holds, so a cache is never stale when images are
+    replaced under the same names."""
+    return os.path.join(cache_dir(), f"{ds.key}-{content_key(ds)}-{what}.npy")
+
+
+def content_key(ds):
+    """A short hash of what ``ds`` holds: for images in memory, of their bytes and the
+    labels; for image files (``ImageFiles``), of every file's path, size and
+    modification time (reading 1.2 M ImageNet files to hash them would take longer
+    than the statistics).  Computed once per Dataset (kept in ``ds.extra``)."""
+    if "content_key" not in ds.extra:
+        h = hashlib.blake2b(digest_size=8)
+        x = ds.x
+        h.update(repr((tuple(x.shape), str(getattr(x, "dtype", "")))).encode())
+        if isinstance(x, ImageFiles):
+            for p in x.paths:
+                st = os.stat(p)
+                h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        else:
+            for i in range(0, len(x), 4096):      # contiguous slices: no copy
+                h.update(memoryview(np.ascontiguousarray(x[i:i + 4096])).cast("B"))
+        h.update(np.ascontiguousarray(np.asarray(ds.y, np.int64)).tobytes())
+        ds.extra["content_key"] = h.hexdigest()
+    return ds.extra["content_key"]

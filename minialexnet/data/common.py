@@ -14,18 +14,16 @@ A dataset in minialexnet is three things (see ``Dataset``):
 """
 
 import dataclasses
+import errno
 import hashlib
 import os
-import tempfile
 
 from ..backend import np
+from ..errors import DataError
+from ..files import atomic_write, describe_os_error
 
 ENV_DATA = "MINIALEXNET_DATA"
 ENV_CACHE = "MINIALEXNET_CACHE"
-
-
-class DataError(ValueError):
-    """Bad or missing data.  The message names the file and says what is wrong."""
 
 
 @dataclasses.dataclass
@@ -98,20 +96,80 @@ def file_fingerprint(*paths):
 
 
 def save_npy_atomic(path, array):
-    """np.save to a temp file in the same directory, then rename: a crash never leaves a
-    half-written cache file that a later run would trust."""
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".npy")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """np.save through ``files.atomic_write``: a crash never leaves a half-written
+    cache file that a later run would trust."""
+    with atomic_write(path) as f:
+        np.save(f, array, allow_pickle=False)
+
+
+def unreadable(path, e):
+    """One line for an OSError met while reading ``path``: missing, a symlink loop,
+    permission denied... (never "corrupt": the file may be fine)."""
+    if e.errno == errno.ENOENT:
+        return f"{path}: file not found"
+    if e.errno == errno.EISDIR:
+        return f"{path}: is a directory, not a file"
+    return f"{path}: cannot read ({describe_os_error(e)})"
+
+
+# ---------------------------------------------------------------- checking arrays from files
+def check_images(x, src):
+    """``x`` as uint8 (N, H, W, 3) RGB, or a DataError saying what it is instead and
+    what to do.  Integer arrays whose values all lie in 0..255 are cast; floats are
+    refused (is 1.0 white, or almost black?), as are channels-first and grey arrays."""
+    shape = tuple(getattr(x, "shape", ()))
+    want = "expected uint8 images of shape (N, H, W, 3), RGB, channels last"
+    if len(shape) == 4 and shape[3] != 3 and shape[1] == 3:
+        raise DataError(f"{src}: images are channels-first {shape}; {want} "
+                        "(x.transpose(0, 2, 3, 1) converts them)")
+    if len(shape) == 3 or (len(shape) == 4 and shape[3] == 1):
+        raise DataError(f"{src}: images are grey {shape}; {want} "
+                        "(np.repeat(x.reshape(x.shape[:3] + (1,)), 3, axis=3) converts them)")
+    if len(shape) != 4 or shape[3] != 3 or 0 in shape:
+        raise DataError(f"{src}: images have shape {shape}; {want}")
+    kind = x.dtype.kind
+    if x.dtype == np.uint8:
+        return x
+    if kind in "iu":
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi > 255:
+            raise DataError(f"{src}: {x.dtype} pixel values {lo}..{hi} do not fit 0..255; "
+                            f"{want} (16-bit data: x // 257)")
+        return x.astype(np.uint8)
+    if kind == "f":
+        hi = float(np.nanmax(x)) if x.size else 0.0
+        hint = ("(x * 255).round().astype(np.uint8)" if hi <= 1.0
+                else "np.clip(x, 0, 255).round().astype(np.uint8)")
+        raise DataError(f"{src}: images are {x.dtype} (largest value {hi:g}); {want}: "
+                        f"floats are ambiguous (0..1 or 0..255?), convert them yourself, "
+                        f"e.g. {hint}")
+    raise DataError(f"{src}: images have dtype {x.dtype}; {want}")
+
+
+def check_labels(y, num_classes, src, n=None):
+    """``y`` as int64 (N,) class indices in 0..num_classes-1 (``n``: the number of
+    images), or a DataError.  Whole-number floats are accepted; fractional, NaN,
+    negative or too large labels are not."""
+    shape = tuple(getattr(y, "shape", ()))
+    if len(shape) != 1 or (n is not None and shape[0] != n):
+        raise DataError(f"{src}: labels have shape {shape}; expected ({n if n is not None else 'N'},)"
+                        " integer class indices")
+    kind = y.dtype.kind
+    if kind == "f":
+        bad = ~np.isfinite(y) | (y != np.round(y))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DataError(f"{src}: label {i} is {y[i].item()!r}; expected whole class indices "
+                            f"0..{num_classes - 1}")
+    elif kind not in "iu":
+        raise DataError(f"{src}: labels have dtype {y.dtype}; expected integer class indices")
+    if len(y):
+        lo, hi = y.min(), y.max()
+        if lo < 0 or hi >= num_classes:
+            i = int(np.argmax((y < 0) | (y >= num_classes)))
+            raise DataError(f"{src}: labels lie in {lo:g}..{hi:g} (label {i} is {y[i]:g}); "
+                            f"expected 0..{num_classes - 1} for {num_classes} classes")
+    return y.astype(np.int64)
 
 
 def load_npz_arrays(path, required):
@@ -121,10 +179,17 @@ def load_npz_arrays(path, required):
     Raises DataError naming the file for a missing file, a corrupt file, or one
     without the ``required`` keys.
     """
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: file not found")
     try:
-        z = np.load(path, allow_pickle=False)
+        f = open(path, "rb")
+    except OSError as e:
+        raise DataError(unreadable(path, e)) from None
+    try:
+        head = f.read(6)
+        f.seek(0)
+        if not head.startswith(b"PK"):      # np.load would try to unpickle anything else
+            what = "a single .npy array" if head == b"\x93NUMPY" else "not a zip archive"
+            raise DataError(f"{path}: not an .npz file ({what})")
+        z = np.load(f, allow_pickle=False)
         if not hasattr(z, "files"):
             raise DataError(f"{path}: not the expected format: a single array, not an .npz")
         with z:
@@ -135,8 +200,17 @@ def load_npz_arrays(path, required):
             return {k: z[k] for k in z.files}
     except DataError:
         raise
-    except Exception as e:  # BadZipFile, ValueError (object arrays), OSError, EOFError
+    except OSError as e:
+        if e.errno is None:      # zipfile/numpy's "corrupt" OSErrors carry no errno
+            raise DataError(f"{path}: cannot read npz ({type(e).__name__}: {e})") from None
+        raise DataError(unreadable(path, e)) from None
+    except Exception as e:  # BadZipFile, ValueError (object arrays), EOFError
+        if "pickle" in str(e):
+            raise DataError(f"{path}: holds pickled objects (object arrays); refusing to "
+                            "unpickle them (data files hold plain arrays only)") from None
         raise DataError(f"{path}: cannot read npz ({type(e).__name__}: {e})") from None
+    finally:
+        f.close()
 
 
 def subset_indices(n_total, n, seed):

@@ -3,28 +3,26 @@
     python -m minialexnet.data download cifar10 [--data-dir DIR]
     python -m minialexnet.data download imagenette [--data-dir DIR]
 
-Safety: the archive is streamed into a temporary file *in the target directory*
-(``.<name>.part-XXXX``), its checksum is verified, and only then is it renamed into
-place (``os.replace`` is atomic on one file system) and extracted into a temporary
-folder which is renamed into place last.  An interrupted or corrupt download never
-leaves anything that looks complete.
+The download itself is pooch's (``pooch.retrieve``): it streams the archive into a
+temporary file in the target directory, with a progress bar, checks its checksum,
+and only then moves it to its real name; a failed, interrupted or corrupt download
+leaves nothing.  Then the archive is extracted into a temporary folder (tar's "data"
+filter: no absolute paths, no "..", no links out of the folder), checked, and renamed
+into place last.  So nothing that looks complete exists before it is.
+
+CIFAR-10's archive holds pickles (see ``cifar10``): when its checksum proved it the
+official one, it is converted at once into the packed npz files the loader reads.
 """
 
+import contextlib
 import hashlib
-import http.client
+import logging
 import os
 import shutil
 import tarfile
 import tempfile
-import urllib.error
-import urllib.request
 
 from .common import DataError, data_dir
-
-try:
-    from tqdm.auto import tqdm
-except ImportError:
-    tqdm = None
 
 # name -> what to fetch and what the extracted folder must contain.
 SOURCES = {
@@ -52,54 +50,65 @@ class DownloadError(DataError):
     """A download failed: unreachable URL, checksum mismatch, bad archive."""
 
 
-def _fetch(url, dest_dir, name, md5=None, sha256=None, progress_bar=True, timeout=60):
-    """Stream ``url`` into a temp file in ``dest_dir``; verify; return the temp path.
+def _hash(path, kind):
+    h = hashlib.new(kind)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
-    The caller renames it into place.  On any failure the temp file is removed.
-    """
-    fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{name}.part-")
-    hashes = {k: hashlib.new(k) for k, v in (("md5", md5), ("sha256", sha256)) if v}
+
+@contextlib.contextmanager
+def _quiet_pooch():
+    # pooch logs "Downloading data from ..." and, without a known hash, a hint to
+    # add one: our own line says what happens instead.
+    import pooch
+    logger = pooch.get_logger()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
     try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                resp = urllib.request.urlopen(url, timeout=timeout)
-            except (urllib.error.URLError, OSError, ValueError) as e:
-                reason = getattr(e, "reason", e)
-                raise DownloadError(f"{url}: cannot download ({reason})") from None
-            with resp:
-                total = int(resp.headers.get("Content-Length") or 0) or None
-                bar = (tqdm(total=total, unit="B", unit_scale=True, desc=name, leave=False)
-                       if progress_bar and tqdm is not None else None)
-                got = 0
-                try:
-                    while True:
-                        block = resp.read(1 << 20)
-                        if not block:
-                            break
-                        out.write(block)
-                        for h in hashes.values():
-                            h.update(block)
-                        got += len(block)
-                        if bar is not None:
-                            bar.update(len(block))
-                except (OSError, http.client.HTTPException) as e:
-                    raise DownloadError(f"{url}: download interrupted after {got} bytes ({e})") from None
-                finally:
-                    if bar is not None:
-                        bar.close()
-            out.flush()
-            os.fsync(out.fileno())
-        if total is not None and got != total:
-            raise DownloadError(f"{url}: got {got} bytes, expected {total} (interrupted?)")
-        for kind, want in (("md5", md5), ("sha256", sha256)):
-            if want and hashes[kind].hexdigest() != want.lower():
-                raise DownloadError(f"{url}: {kind} mismatch: got {hashes[kind].hexdigest()}, "
-                                    f"expected {want} (corrupt or changed file; nothing kept)")
-        return tmp
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        yield pooch
+    finally:
+        logger.setLevel(level)
+
+
+def _fetch(url, dest_dir, name, md5=None, sha256=None, progress_bar=True, timeout=60):
+    """Download ``url`` to ``dest_dir/name`` with pooch, verified against ``sha256``
+    and/or ``md5`` (when given).  Returns the path; on any failure nothing is left."""
+    import requests
+    known = f"sha256:{sha256}" if sha256 else f"md5:{md5}" if md5 else None
+    path = os.path.join(dest_dir, name)
+    try:
+        with _quiet_pooch() as pooch:
+            downloader = pooch.HTTPDownloader(progressbar=progress_bar, timeout=timeout,
+                                              chunk_size=1 << 20)
+            pooch.retrieve(url, known, fname=name, path=dest_dir, downloader=downloader)
+    except ValueError as e:
+        if "hash" in str(e).lower():     # pooch: "... hash of downloaded file does not match"
+            kind = "sha256" if sha256 else "md5"
+            raise DownloadError(f"{url}: {kind} mismatch: expected {sha256 or md5} (corrupt "
+                                "or changed file; nothing kept)") from None
+        raise DownloadError(f"{url}: cannot download ({e})") from None
+    except (requests.exceptions.ChunkedEncodingError,
+            requests.exceptions.ContentDecodingError) as e:
+        raise DownloadError(f"{url}: download interrupted ({_reason(e)}); nothing kept, "
+                            "run again") from None
+    except requests.exceptions.RequestException as e:
+        raise DownloadError(f"{url}: cannot download ({_reason(e)})") from None
+    except OSError as e:
+        raise DownloadError(f"{url}: cannot download into {dest_dir} ({e.strerror or e})") from None
+    if md5 and sha256 and _hash(path, "md5") != md5.lower():
+        os.remove(path)
+        raise DownloadError(f"{url}: md5 mismatch: expected {md5} (corrupt or changed "
+                            "file; nothing kept)")
+    return path
+
+
+def _reason(e):
+    """The innermost reason of a requests exception, one line."""
+    while e.__context__ is not None and not isinstance(e.__context__, KeyboardInterrupt):
+        e = e.__context__
+    return " ".join(str(e).split())[:200] or type(e).__name__
 
 
 def _extract(archive, dest_dir, folder, must_have):
@@ -122,12 +131,15 @@ def _extract(archive, dest_dir, folder, must_have):
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def download(name, root=None, url=None, md5=None, sha256=None, progress_bar=True, keep_archive=False):
+def download(name, root=None, url=None, md5=None, sha256=None, progress_bar=True,
+             keep_archive=False, log=None):
     """Download and extract dataset ``name`` ("cifar10" or "imagenette") into ``root``
     (default: ``data_dir()``, created if missing).  Returns the extracted folder.
 
     ``url``/``md5``/``sha256`` override the official source (tests serve a tiny archive
     from 127.0.0.1).  If the folder is already complete, nothing is downloaded.
+    CIFAR-10 is then converted to packed npz files (``cifar10.convert_cifar10``) if a
+    checksum verified the archive; else ``log`` (a function of one line) says how to.
     """
     if name not in SOURCES:
         raise DataError(f"download: unknown dataset {name!r} (choose from {sorted(SOURCES)})")
@@ -144,12 +156,19 @@ def download(name, root=None, url=None, md5=None, sha256=None, progress_bar=True
     if os.path.exists(target):
         raise DownloadError(f"{target}: exists but is incomplete; delete it and run again")
     archive_name = os.path.basename(url.split("?")[0]) or f"{name}.tar.gz"
-    tmp = _fetch(url, root, archive_name, md5, sha256, progress_bar)
-    archive = os.path.join(root, archive_name)
-    os.replace(tmp, archive)         # only a verified archive gets its real name
+    archive = _fetch(url, root, archive_name, md5, sha256, progress_bar)
     try:
         _extract(archive, root, src["folder"], src["must_have"])
     finally:
         if not keep_archive and os.path.exists(archive):
             os.remove(archive)
+    if name == "cifar10":
+        from .cifar10 import convert_cifar10
+        if md5 or sha256:
+            paths = convert_cifar10(target)     # the checksum says: the official pickles
+            if log:
+                log(f"converted the checksum-verified batches to {', '.join(paths)}")
+        elif log:
+            log(f"{target}: not converted (no checksum verified the archive); if you trust "
+                f"it: python -m minialexnet.data convert-cifar10 {target}")
     return target

@@ -19,8 +19,8 @@ import glob
 import os
 
 from ..backend import np
-from .common import (DataError, Dataset, cache_dir, file_fingerprint, load_npz_arrays,
-                     save_npy_atomic, subset_indices)
+from .common import (DataError, Dataset, cache_dir, check_labels, file_fingerprint,
+                     load_npz_arrays, save_npy_atomic, subset_indices, unreadable)
 from .images import ImageFiles, decode_container, resize_many
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp")
@@ -37,7 +37,9 @@ def read_synsets(path):
         with open(path, encoding="utf-8") as f:
             lines = [ln.rstrip("\n") for ln in f if ln.strip()]
     except OSError as e:
-        raise DataError(f"{path}: cannot read synset list ({e.strerror})") from None
+        raise DataError(unreadable(path, e) + " (the synset list)") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not a text synset list ({e})") from None
     wnids, words = [], []
     for i, ln in enumerate(lines):
         wnid, _, w = ln.partition(" ")
@@ -175,9 +177,9 @@ def load_imagenette(root, split="train", size=None, n=None, seed=0, progress_bar
         else:
             x = decode_container(arrays, src=path, progress_bar=progress_bar)
             save_npy_atomic(fp, x)
+        names = [str(s) for s in np.atleast_1d(arrays["class_names"])]
         xs.append(x)
-        ys.append(arrays["y"].astype(np.int64))
-        names = [str(s) for s in arrays["class_names"]]
+        ys.append(check_labels(arrays["y"], len(names), f"{path} labels", n=len(x)))
         for k in ("wnids", "imagenet_index"):
             if k in arrays:
                 extra[k] = arrays[k].tolist()

@@ -8,17 +8,25 @@ converted to RGB, as are palette and RGBA images).
 
 Corrupt files: we **stop** with a DataError naming the file rather than skip it.  A
 skipped image silently changes the dataset (its size, its class balance, the meaning
-of a random seed); stopping makes the user delete or replace the one bad file.
+of a random seed); stopping makes the user delete or replace the one bad file.  A
+missing or unreadable file is called missing or unreadable, not corrupt.
+
+16-bit images (PNG, TIFF) are scaled to 8 bits (value / 257), not clipped to white;
+32-bit integer and float images are refused (no range to trust).  Images larger than
+Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``, 89 Mpixel) are refused
+with one line before they are decoded.
 """
 
 import concurrent.futures
 import io
 import os
+import threading
+import warnings
 
 from PIL import Image
 
 from ..backend import np
-from .common import DataError
+from .common import DataError, unreadable
 
 try:
     from tqdm.auto import tqdm
@@ -41,30 +49,68 @@ def fit_square(img, size):
     return img
 
 
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+# Image.open warns about huge images; catch_warnings changes process-wide state, so
+# our threads take turns around the (cheap, header-only) open.
+_open_lock = threading.Lock()
+
+
+def _open(f, name):
+    with _open_lock, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return Image.open(f)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+            raise DataError(f"{name}: image too large to decode safely ({e}); shrink it "
+                            "first") from None
+
+
+def _to_rgb(img, name):
+    """A PIL image of any mode as an 8-bit RGB image."""
+    mode = img.mode
+    if mode in _SIXTEEN_BIT or (mode == "I" and img.format == "PNG"):
+        # convert("RGB") would clip 0..65535 to 0..255: almost all white.
+        a = np.asarray(img, dtype=np.uint32)
+        img = Image.fromarray(((a + 128) // 257).astype(np.uint8), "L")
+    elif mode in ("I", "F"):
+        raise DataError(f"{name}: a 32-bit {'float' if mode == 'F' else 'integer'} image "
+                        f"(mode {mode}); expected 8- or 16-bit RGB or grey: convert it first")
+    # "L" (grayscale), "CMYK", "P", "RGBA"... all become 3-channel RGB.
+    return img.convert("RGB")
+
+
 def decode(source, size=None, name=None):
     """Decode one image (a path or the encoded bytes) to uint8 (H, W, 3) RGB.
 
     ``size``: if given, rescale the shorter side to ``size`` and centre-crop to
     (size, size).  ``name`` is used in error messages (defaults to the path).
-    Raises DataError for a corrupt or unreadable file.
+    Raises DataError for a missing, unreadable, corrupt, huge or 32-bit file.
     """
-    name = name or (source if isinstance(source, (str, os.PathLike)) else "<bytes>")
+    is_bytes = isinstance(source, (bytes, bytearray, memoryview))
+    name = name or (os.fspath(source) if not is_bytes else "<bytes>")
     try:
-        f = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
-        with Image.open(f) as img:
+        f = io.BytesIO(source) if is_bytes else open(source, "rb")
+    except OSError as e:
+        raise DataError(unreadable(name, e)) from None
+    try:
+        with f, _open(f, name) as img:
             if size is not None and img.format == "JPEG":
                 # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the file is much
                 # bigger than needed: several times faster, and still >= size.
                 img.draft("RGB", (size, size))
             img.load()  # force the decode here, so truncation errors surface inside try
-            # "L" (grayscale), "CMYK", "P", "RGBA"... all become 3-channel RGB.
-            rgb = img.convert("RGB")
+            rgb = _to_rgb(img, name)
         if size is not None:
             rgb = fit_square(rgb, size)
         return np.asarray(rgb, dtype=np.uint8)
     except DataError:
         raise
-    except Exception as e:  # PIL.UnidentifiedImageError, OSError("truncated"), SyntaxError
+    except OSError as e:
+        if e.errno is not None:       # the disk (EIO...), not the file's contents
+            raise DataError(unreadable(name, e)) from None
+        raise DataError(f"{name}: cannot decode image ({type(e).__name__}: {e}); "
+                        "the file is corrupt or not an image: delete or replace it") from None
+    except Exception as e:  # PIL.UnidentifiedImageError, SyntaxError, ValueError
         raise DataError(f"{name}: cannot decode image ({type(e).__name__}: {e}); "
                         "the file is corrupt or not an image: delete or replace it") from None
 

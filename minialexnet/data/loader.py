@@ -27,6 +27,7 @@ import inspect
 import time
 
 from ..backend import np
+from ..errors import ConfigError, DataError, StateDictError
 
 
 class Loader:
@@ -48,9 +49,9 @@ class Loader:
     def __init__(self, x, y, batch_size, transform=None, seed=0, shuffle=True,
                  drop_last=False, prefetch=2, workers=1, shard=(0, 1)):
         if len(x) != len(y):
-            raise ValueError(f"Loader: {len(x)} images but {len(y)} labels")
+            raise DataError(f"Loader: {len(x)} images but {len(y)} labels")
         if batch_size < 1:
-            raise ValueError(f"Loader: batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"Loader: batch_size must be >= 1, got {batch_size}")
         self.x, self.y = x, np.asarray(y, np.int64)
         self.batch_size, self.transform = int(batch_size), transform
         self.shuffle, self.drop_last = shuffle, drop_last
@@ -70,7 +71,7 @@ class Loader:
         self.wait_time = 0.0                # seconds the consumer waited for data
         self.images = 0                     # images handed out (for images/s)
         if len(self) == 0:
-            raise ValueError(f"Loader: {len(x)} images make no batch of {batch_size} "
+            raise ConfigError(f"Loader: {len(x)} images make no batch of {batch_size} "
                              f"with drop_last={drop_last}")
 
     def __len__(self):
@@ -145,6 +146,6 @@ class Loader:
         self.seed = int(state["seed"])
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         if not 0 <= self.position <= len(self):
-            raise ValueError(f"Loader state: position {self.position} is outside 0..{len(self)}")
+            raise StateDictError(f"Loader state: position {self.position} is outside 0..{len(self)}")
         if self.position == len(self):
             self.epoch, self.position = self.epoch + 1, 0

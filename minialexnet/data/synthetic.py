@@ -14,6 +14,7 @@ Everything is vectorised over the images of a class: one image is the same formu
 import math
 
 from ..backend import np
+from ..errors import DataError
 
 CLASS_NAMES = [
     "horizontal bar", "vertical bar", "diagonal bar", "cross", "ring",
@@ -124,7 +125,7 @@ def make_synthetic(n=10000, size=32, seed=0):
     the same arrays.
     """
     if n < 1 or size < 8:
-        raise ValueError(f"make_synthetic: need n >= 1 and size >= 8, got n={n}, size={size}")
+        raise DataError(f"make_synthetic: need n >= 1 and size >= 8, got n={n}, size={size}")
     rng = np.random.default_rng([seed, size, n, 20120])
     y = np.arange(n) % len(CLASS_NAMES)
     y = rng.permutation(y).astype(np.int64)

@@ -1,0 +1,209 @@
+"""The chapters' long runs as resumable jobs (``minialexnet.experiments``).
+
+A notebook's full mode calls the functions here: each trains what is missing and
+returns the records of what exists, so re-running a notebook only renders.  The same
+jobs run from a terminal, in the background, with checkpoints and a log:
+
+    cd chapters && MINIALEXNET_DATA=../../shared/data nohup python jobs.py 08 > ../runs/jobs-08.log 2>&1 &
+
+Records (per-epoch history, health, config, time) are committed in
+``chapters/results/<chapter>/``; checkpoints go to ``runs/jobs/<chapter>/`` (git-ignored).
+In fast mode (MINIALEXNET_FAST=1) records go to ``runs/jobs-fast/`` instead, so a CI
+run never touches the committed ones.
+"""
+
+import os
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from minialexnet import data, experiments, notebook, train   # noqa: E402
+from minialexnet.backend import np   # noqa: E402
+
+FAST = notebook.fast_mode()
+# MINIALEXNET_RENDER_ONLY=1: train nothing, render the records that exist (a chapter
+# executed while its jobs are still running in the background says how far they are).
+RENDER_ONLY = os.environ.get("MINIALEXNET_RENDER_ONLY", "").strip() not in ("", "0")
+
+
+def dirs(chapter):
+    """(results dir, checkpoints dir) of a chapter's jobs."""
+    if FAST:
+        base = ROOT / "runs" / "jobs-fast" / chapter
+        return str(base / "results"), str(base / "runs")
+    return str(ROOT / "chapters" / "results" / chapter), str(ROOT / "runs" / "jobs" / chapter)
+
+
+# ------------------------------------------------------------------ chapter 08
+CH08_EPOCHS = 50
+CH08_N_VAL = 5000
+
+
+def ch08_data():
+    """All 50,000 CIFAR-10 training images minus a seeded 5,000-image validation
+    split, and the 10,000 official test images (fast mode: a few hundred)."""
+    full, test = notebook.chapter_data("cifar10", n_train=notebook.pick(None, 600),
+                                       n_val=notebook.pick(None, 200))
+    train_set, val_set = experiments.split_train_val(full, notebook.pick(CH08_N_VAL, 100))
+    return train_set, val_set, test
+
+
+def ch08_job(seed=0, towers=2):
+    """The small AlexNet on CIFAR-10 with the recipe: unit inputs, He init, 28-px crops
+    and flips, dropout 0.5, the paper's SGD (batch 128, momentum 0.9, weight decay
+    5e-4, lr 0.01) and lr / 10 after 50 %, 75 % and 90 % of the epochs."""
+    name = f"small-alexnet-t{towers}-s{seed}"
+    cfg = dict(dataset="cifar10", model="small-alexnet", crop=28, image_size=32,
+               model_kwargs={"towers": towers}, epochs=notebook.pick(CH08_EPOCHS, 1),
+               batch_size=128, lr=0.01, schedule="budget", seed=seed,
+               checkpoint_every=100, health_every=100, workers=2)
+    return experiments.Job(name, cfg, describe={"towers": towers, "seed": seed})
+
+
+def ch08_final(test_set):
+    """After training: centre-crop and ten-crop top-1/top-5 on the test set."""
+    def after(trainer):
+        m, s, crop = trainer.mean, trainer.std, trainer.cfg["crop"]
+        centre = train.evaluate(trainer.model, test_set, crop, m, std=s)
+        ten = train.evaluate(trainer.model, test_set, crop, m, ten_crop=True, std=s)
+        return {"n_test": len(test_set), "centre": centre, "ten_crop": ten}
+    return after
+
+
+def run_ch08(jobs=None, log=print):
+    train_set, val_set, test = ch08_data()
+    results, runs = dirs("08_full_training")
+    out = {}
+    for job in jobs or [ch08_job()]:
+        out[job.name] = experiments.run_job(job, train_set, val_set, results, runs, log=log,
+                                            after=ch08_final(test), train_missing=not RENDER_ONLY)
+    return out
+
+
+# ------------------------------------------------------------------ chapter 01
+# Figure 1: epochs to 25 % training error, ReLU against tanh, all 50,000 CIFAR-10
+# training images, no augmentation, no regularisation (no LRN, dropout or weight
+# decay), unit inputs, SGD momentum 0.9, batch 128.  Four settings, named before the
+# runs; in each, a learning-rate sweep per activation (one epoch at each of LRS, the
+# lowest training error wins), then SEEDS at the chosen rate, each until 25 % or
+# CH01_MAX_EPOCHS (the paper's axis stops at 36 epochs).
+LRS = (0.001, 0.003, 0.01, 0.03, 0.1)
+SEEDS = (0, 1, 2)
+CH01_MAX_EPOCHS = 36
+TARGET = 0.25
+SATURATING_GAIN = 3.0
+
+
+def fan_in_stds(model_name, gain=1.0, **kwargs):
+    """{layer: gain / sqrt(fan_in)} for every weight layer of a model."""
+    from minialexnet.models import build_model
+    m = build_model(model_name, **kwargs)
+    out = {}
+    for name, w in m.params().items():
+        if name.endswith(".W"):
+            out[name.split(".")[0]] = gain * float(np.prod(w.shape[1:])) ** -0.5
+    return out
+
+
+def ch01_settings():
+    """{setting: {activation: model config}}: the four settings of the chapter.
+
+    (a) "fan-in": the four-layer net, N(0, 1/fan_in) for both activations.
+    (b) "cuda-convnet": fixed small stds, cuda-convnet's 2012 CIFAR-10 style: conv1 1e-4
+        on raw pixels, i.e. 6.4e-3 on unit inputs, 0.01 elsewhere.
+    (c) "saturating": N(0, 9/fan_in), three times the fan-in std, so that conv1's
+        pre-activations on unit inputs have std about 3 and most tanh units sit where
+        |x| > 2 (slope below 0.08): the regime paper 3.1 argues against.
+    (d) "deep": the eight-layer small AlexNet (no LRN, no dropout), each activation
+        with the init that suits it: He's N(0, 2/fan_in) for ReLU, N(0, 1/fan_in) for
+        tanh (unit slope at 0 keeps the variance)."""
+    four = dict(lrn=False, input_size=32)
+    deep = dict(lrn=False, dropout=0.0, input_size=32)
+    cc = {"conv1": 6.4e-3, "conv2": 0.01, "conv3": 0.01, "fc4": 0.01}
+    return {
+        "fan-in": {a: ("fournet", dict(four, activation=a, init_std="fan-in")) for a in ("relu", "tanh")},
+        "cuda-convnet": {a: ("fournet", dict(four, activation=a, init_std=cc)) for a in ("relu", "tanh")},
+        "saturating": {a: ("fournet", dict(four, activation=a,
+                                           init_std=fan_in_stds("fournet", SATURATING_GAIN, lrn=False)))
+                       for a in ("relu", "tanh")},
+        "deep": {"relu": ("small-alexnet", dict(deep, activation="relu", init_std="he")),
+                 "tanh": ("small-alexnet", dict(deep, activation="tanh", init_std="fan-in"))},
+    }
+
+
+def _ch01_cfg(model, kwargs, lr, seed, epochs):
+    return dict(dataset="cifar10", model=model, model_kwargs=kwargs, crop=32, image_size=32,
+                flip=False, weight_decay=0.0, momentum=0.9, batch_size=128, lr=lr,
+                schedule="none", seed=seed, epochs=epochs, checkpoint_every=100,
+                health_every=50, workers=2)
+
+
+def reached(row):
+    return row["train_error"] <= TARGET
+
+
+def ch01_sweep_jobs(setting, act):
+    model, kw = ch01_settings()[setting][act]
+    return [experiments.Job(f"sweep-{setting}-{act}-lr{lr:g}", _ch01_cfg(model, kw, lr, 0, 1),
+                            describe={"setting": setting, "activation": act, "lr": lr})
+            for lr in notebook.pick(LRS, LRS[1:3])]
+
+
+def best_lr(records):
+    """The sweep's winner: the lowest training error after its epoch, to the point
+    (a tenth of a point is noise), then the lowest loss: where no rate has left
+    chance yet (90 % error), the loss still tells which one learns.  NaN loses."""
+    ok = [r for r in records if r["history"] and np.isfinite(r["history"][-1]["train_loss"])]
+    return min(ok, key=lambda r: (round(r["history"][-1]["train_error"], 2),
+                                  r["history"][-1]["train_loss"]))["describe"]["lr"]
+
+
+def ch01_seed_jobs(setting, act, lr):
+    model, kw = ch01_settings()[setting][act]
+    epochs = notebook.pick(CH01_MAX_EPOCHS, 1)
+    return [experiments.Job(f"{setting}-{act}-lr{lr:g}-s{seed}", _ch01_cfg(model, kw, lr, seed, epochs),
+                            stop=reached, describe={"setting": setting, "activation": act,
+                                                    "lr": lr, "seed": seed})
+            for seed in notebook.pick(SEEDS, SEEDS[:1])]
+
+
+def ch01_data():
+    return notebook.chapter_data("cifar10", n_train=notebook.pick(None, 512),
+                                 n_val=notebook.pick(1000, 128))
+
+
+def run_ch01(settings=None, log=print, data_sets=None):
+    """Sweep, then seeds, setting by setting: returns {setting: {act: {"lr", "sweep",
+    "seeds"}}} of records.  What is complete is read back; the rest is trained."""
+    train_set, val_set = data_sets or ch01_data()
+    results, runs = dirs("01_relu")
+    out = {}
+    for setting in settings or ch01_settings():
+        out[setting] = {}
+        for act in ("relu", "tanh"):
+            run = dict(log=log, train_missing=not RENDER_ONLY)
+            sweep = [experiments.run_job(j, train_set, val_set, results, runs, **run)
+                     for j in ch01_sweep_jobs(setting, act)]
+            if not all(r and r["status"] == "complete" for r in sweep):
+                out[setting][act] = {"lr": None, "sweep": sweep, "seeds": []}
+                continue
+            lr = best_lr(sweep)
+            seeds = [experiments.run_job(j, train_set, val_set, results, runs, **run)
+                     for j in ch01_seed_jobs(setting, act, lr)]
+            out[setting][act] = {"lr": lr, "sweep": sweep, "seeds": seeds}
+    return out
+
+
+if __name__ == "__main__":
+    which = sys.argv[1:] or ["08"]
+    for chapter in which:
+        if chapter == "08":
+            run_ch08()
+        elif chapter == "01":
+            run_ch01()
+        elif chapter.startswith("01:"):          # one setting: 01:deep
+            run_ch01([chapter[3:]])
+        else:
+            sys.exit(f"jobs.py: unknown chapter {chapter!r} (have: 01, 01:<setting>, 08)")

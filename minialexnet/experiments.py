@@ -1,0 +1,132 @@
+"""Resumable experiment jobs: the chapters' long runs, trained once, kept, resumed.
+
+A chapter's full mode can need hours of 2-core time (many seeds, learning rates and
+settings), so it cannot be one notebook execution.  Each run is a *job* with a name
+and a configuration.  ``run_job``:
+
+* returns at once when the job's record (``<results>/<name>.json``) says it is
+  complete: nothing is trained twice, and a notebook re-run only renders;
+* otherwise trains it with ``train.Trainer``, writing the record after every epoch
+  (history, health records, config, status) and a checkpoint in ``<runs>/<name>/``
+  (git-ignored: weights are never committed), so a job stopped mid-way, by Ctrl-C, a
+  crash or the end of a session, resumes from its last checkpoint.
+
+The records are small JSON files committed under ``chapters/results/`` next to the
+chapter that made them.  ``split_train_val`` carves a fixed validation split out of a
+training set (the test set is never used to choose anything).
+"""
+
+import json
+import os
+import time
+
+from . import data, train
+from .backend import np
+from .files import atomic_write_text
+
+__all__ = ["Job", "run_job", "load_record", "is_complete", "split_train_val"]
+
+
+class Job:
+    """One training run: ``name`` (a file name), the Trainer's config overrides
+    ``cfg`` (see ``train.default_config``), and ``stop``: an optional callable
+    ``stop(history_row) -> bool`` that ends the job early (e.g. "training error below
+    25 %"); a stopped job is complete."""
+
+    def __init__(self, name, cfg, stop=None, describe=None):
+        self.name, self.cfg, self.stop = name, dict(cfg), stop
+        self.describe = describe or {}
+
+    def __repr__(self):
+        return f"Job({self.name!r})"
+
+
+def load_record(results_dir, name):
+    path = os.path.join(results_dir, f"{name}.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def is_complete(results_dir, name):
+    rec = load_record(results_dir, name)
+    return bool(rec) and rec.get("status") == "complete"
+
+
+def split_train_val(ds, n_val, seed=0):
+    """(train, val) Datasets: a seeded random ``n_val`` images of ``ds`` held out."""
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(ds))
+    val_idx, train_idx = np.sort(idx[:n_val]), np.sort(idx[n_val:])
+
+    def part(ix, split):
+        return data.Dataset(ds.x[ix], ds.y[ix], list(ds.class_names), ds.name, split,
+                            f"{ds.key}-{split}{len(ix)}-s{seed}", dict(ds.extra))
+    return part(train_idx, "train"), part(val_idx, "val")
+
+
+def _write(results_dir, job, trainer, status, seconds):
+    rec = {"name": job.name, "status": status, "describe": job.describe,
+           "config": {k: v for k, v in trainer.cfg.items() if k != "data_dir"},
+           "model_config": trainer.model.config, "epochs": trainer.epoch,
+           "steps": trainer.step, "train_seconds": seconds, "n_train": len(trainer.train_set),
+           "n_val": len(trainer.val_set), "history": trainer.history,
+           "health": trainer.health}
+    os.makedirs(results_dir, exist_ok=True)
+    atomic_write_text(os.path.join(results_dir, f"{job.name}.json"),
+                      json.dumps(rec, indent=1, default=float))
+    return rec
+
+
+def run_job(job, train_set, val_set, results_dir, runs_dir, log=print, after=None,
+            train_missing=True):
+    """Train ``job`` on (``train_set``, ``val_set``) unless its record is complete;
+    resume it from ``runs_dir/<name>/checkpoint.npz`` if a checkpoint is there.
+    ``after(trainer)`` runs once when the job completes (e.g. a test-set evaluation;
+    its returned dict is stored as the record's ``"final"``).  Returns the record.
+    ``train_missing=False`` trains nothing: it returns what is there (a complete or
+    still-running job's record, or None), to render a chapter while its jobs run."""
+    rec = load_record(results_dir, job.name)
+    if (rec and rec.get("status") == "complete") or not train_missing:
+        return rec
+    out = os.path.join(runs_dir, job.name)
+    cfg = train.default_config(**{"progress": False, **job.cfg, "out": out})
+    from . import backend
+    backend.use(cfg["backend"], seed=cfg["seed"], devices=cfg["devices"])
+    mean = data.mean_image(train_set.x, data.stats_file(train_set, "mean"), progress_bar=False)
+    model = train.make_model(cfg, train_set.num_classes)
+    trainer = train.Trainer(model, train_set, val_set, mean.astype(np.float32), cfg, log=log)
+    ckpt = os.path.join(out, "checkpoint.npz")
+    spent = 0.0
+    if os.path.exists(ckpt):
+        trainer.load(ckpt)
+        spent = (rec or {}).get("train_seconds", 0.0)
+        log(f"{job.name}: resumed at epoch {trainer.epoch}, step {trainer.step}")
+    stopped = [False]
+
+    def on_epoch(row):
+        stopped[0] = bool(job.stop and job.stop(row))
+        _write(results_dir, job, trainer, "running", spent + time.perf_counter() - t0)
+        if stopped[0]:
+            raise _Stop
+
+    t0 = time.perf_counter()
+    done = trainer.epoch >= cfg["epochs"] or bool(job.stop and any(map(job.stop, trainer.history)))
+    if not done:
+        try:
+            trainer.run(on_epoch=on_epoch)
+        except _Stop:
+            pass
+    seconds = spent + time.perf_counter() - t0
+    rec = _write(results_dir, job, trainer, "trained", seconds)
+    if after is not None:
+        rec["final"] = after(trainer)
+    rec["status"] = "complete"
+    atomic_write_text(os.path.join(results_dir, f"{job.name}.json"),
+                      json.dumps(rec, indent=1, default=float))
+    return rec
+
+
+class _Stop(Exception):
+    """A job's stop rule fired at the end of an epoch."""

@@ -1,0 +1,87 @@
+"""Resumable experiment jobs: trained once, resumed after a stop, never twice."""
+
+import json
+
+import pytest
+
+from minialexnet import backend, data, experiments
+
+
+@pytest.fixture(autouse=True)
+def numpy_backend(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIALEXNET_CACHE", str(tmp_path / "cache"))
+    yield
+    backend.use("numpy")
+
+
+CFG = dict(dataset="synthetic", model="fournet", model_kwargs={"widths": [4, 4, 8]},
+           batch_size=32, epochs=3, checkpoint_every=0, workers=1, health_every=2)
+
+
+def _sets():
+    tr = data.load_dataset("synthetic", n=96, size=32)
+    return experiments.split_train_val(tr, 32)
+
+
+def test_split_is_disjoint_and_seeded():
+    full = data.load_dataset("synthetic", n=50, size=32)
+    a, b = experiments.split_train_val(full, 10, seed=3)
+    a2, b2 = experiments.split_train_val(full, 10, seed=3)
+    assert len(a) == 40 and len(b) == 10 and a.key != b.key
+    assert (b.y == b2.y).all() and (b.x == b2.x).all()
+    rows = {x.tobytes() for x in a.x}
+    assert not any(x.tobytes() in rows for x in b.x)
+
+
+def test_job_trains_once_and_writes_its_record(tmp_path):
+    tr, val = _sets()
+    job = experiments.Job("j", CFG)
+    calls = []
+    rec = experiments.run_job(job, tr, val, str(tmp_path / "res"), str(tmp_path / "runs"),
+                              log=lambda *a: None, after=lambda t: calls.append(1) or {"x": 1})
+    assert rec["status"] == "complete" and rec["epochs"] == 3 and rec["final"] == {"x": 1}
+    on_disk = json.loads((tmp_path / "res" / "j.json").read_text())
+    assert on_disk["status"] == "complete" and len(on_disk["history"]) == 3
+    assert on_disk["health"] and on_disk["n_train"] == 64
+    # A second call trains nothing and does not call ``after`` again.
+    again = experiments.run_job(job, tr, val, str(tmp_path / "res"), str(tmp_path / "runs"),
+                                log=lambda *a: None, after=lambda t: calls.append(1))
+    assert again == on_disk and calls == [1]
+
+
+def test_an_interrupted_job_resumes_where_it_stopped(tmp_path):
+    tr, val = _sets()
+    straight = experiments.run_job(experiments.Job("a", CFG), tr, val, str(tmp_path / "r1"),
+                                   str(tmp_path / "k1"), log=lambda *a: None)
+    # Stop after epoch 1 (as a Ctrl-C or the end of a session would) ...
+    class Boom(Exception):
+        pass
+
+    def stop_once(row):
+        if row["epoch"] == 1:
+            raise Boom
+        return False
+    with pytest.raises(Boom):
+        experiments.run_job(experiments.Job("a", CFG, stop=stop_once), tr, val,
+                            str(tmp_path / "r2"), str(tmp_path / "k2"), log=lambda *a: None)
+    partial = experiments.load_record(str(tmp_path / "r2"), "a")
+    assert partial is None or partial["status"] != "complete"
+    # ... then run again: it continues from the checkpoint to the same end.
+    said = []
+    resumed = experiments.run_job(experiments.Job("a", CFG), tr, val, str(tmp_path / "r2"),
+                                  str(tmp_path / "k2"), log=said.append)
+    assert any("resumed at epoch 1" in s for s in said)
+    assert sum(s.startswith("epoch ") for s in said) == 2          # epochs 2 and 3 only
+    assert [r["train_loss"] for r in resumed["history"]] == \
+        [r["train_loss"] for r in straight["history"]]
+
+
+def test_stop_rule_ends_a_job_early_and_render_only_trains_nothing(tmp_path):
+    tr, val = _sets()
+    job = experiments.Job("s", CFG, stop=lambda row: row["epoch"] >= 2)
+    none = experiments.run_job(job, tr, val, str(tmp_path / "r"), str(tmp_path / "k"),
+                               log=lambda *a: None, train_missing=False)
+    assert none is None and not (tmp_path / "k").exists()
+    rec = experiments.run_job(job, tr, val, str(tmp_path / "r"), str(tmp_path / "k"),
+                              log=lambda *a: None)
+    assert rec["status"] == "complete" and rec["epochs"] == 2
