@@ -746,6 +746,13 @@ def main(argv=None):
         last = trainer.history[-1]
         print(f"done: {trainer.epoch} epochs, {trainer.step} steps; val top-1 error "
               f"{last['val_top1']:.3f}, top-5 {last['val_top5']:.3f}; files in {cfg['out']}")
+        if cfg["out"]:
+            ckpt = os.path.join(cfg["out"], "checkpoint.npz")
+            print(f"next: python -m minialexnet.evaluate {ckpt}\n"
+                  f"      python -m minialexnet.predict {ckpt} IMAGE...\n"
+                  f"      curves: {os.path.join(cfg['out'], 'curves.png')}, training health: "
+                  f"{os.path.join(cfg['out'], 'health.png')}; the chapters: "
+                  "jupyter lab chapters/ (README: The chapters)")
     return 0
 
 
