@@ -19,6 +19,7 @@ that gained (measured on a 2-core AVX-512 CPU, NumPy against PyTorch 2.13).
 """
 
 import functools
+import inspect
 import math
 import numbers
 import zlib
@@ -166,7 +167,13 @@ class Layer:
                              f"got shape {tuple(x.shape)}")
 
     def __repr__(self):
-        return f"{type(self).__name__}({self.name!r})"
+        """``LocalResponseNorm(size=5, alpha=0.0001, beta=0.75, k=2.0, name='norm1')``:
+        the constructor's hyperparameters that the layer keeps under the same names."""
+        skip = ("self", "name", "dtype", "weight_std", "bias")
+        args = [f"{k}={getattr(self, k)!r}"
+                for k in inspect.signature(type(self).__init__).parameters
+                if k not in skip and hasattr(self, k)]
+        return f"{type(self).__name__}({', '.join(args + [f'name={self.name!r}'])})"
 
 
 def _channels_last(x):

@@ -514,3 +514,12 @@ BAD_HYPERPARAMETERS = [
 def test_impossible_hyperparameters_are_refused_when_the_layer_is_built(make, what):
     with pytest.raises(HyperparameterError, match=rf"^\w+: {what} must be"):
         make()
+
+
+def test_repr_shows_the_hyperparameters(L):
+    assert repr(L.LocalResponseNorm()) == \
+        "LocalResponseNorm(size=5, alpha=0.0001, beta=0.75, k=2.0, name='LocalResponseNorm')"
+    r = repr(L.Conv2D(3, 4, 5, stride=2, padding=1))
+    assert "kernel_size=(5, 5)" in r and "stride=2" in r and "padding=1" in r
+    assert repr(L.MaxPool2D(3, 2)) == "MaxPool2D(kernel_size=3, stride=2, name='MaxPool2D')"
+    assert "p=0.5" in repr(L.Dropout(0.5))
