@@ -94,6 +94,15 @@ SEEDS = (0, 1, 2)
 CH01_MAX_EPOCHS = 36
 TARGET = 0.25
 SATURATING_GAIN = 3.0
+# Two rules fixed before the seed runs, both about rates that do not learn at all:
+# - the sweep extends downwards (by the grid's factor of about 3, at most EXTRA_LRS
+#   times) while every rate of it is still at chance after its epoch, or its winner is
+#   the lowest rate tried: the grid's edge is not an optimum;
+# - a seed run still at chance after STALL_EPOCHS epochs is stopped and counted as not
+#   reaching the target (reported as "stalled"), not run on to CH01_MAX_EPOCHS.
+AT_CHANCE = 0.85          # training error of a 10-class net that has not left chance
+EXTRA_LRS = (3e-4, 1e-4, 3e-5)
+STALL_EPOCHS = 5
 
 
 def fan_in_stds(model_name, gain=1.0, **kwargs):
@@ -144,11 +153,33 @@ def reached(row):
     return row["train_error"] <= TARGET
 
 
-def ch01_sweep_jobs(setting, act):
+def stalled(row):
+    return row["epoch"] >= STALL_EPOCHS and row["train_error"] >= AT_CHANCE
+
+
+def seed_stop(row):
+    """A seed run ends when it reaches the target or stalls at chance."""
+    return reached(row) or stalled(row)
+
+
+def ch01_sweep_jobs(setting, act, lrs=None):
     model, kw = ch01_settings()[setting][act]
     return [experiments.Job(f"sweep-{setting}-{act}-lr{lr:g}", _ch01_cfg(model, kw, lr, 0, 1),
                             describe={"setting": setting, "activation": act, "lr": lr})
-            for lr in notebook.pick(LRS, LRS[1:3])]
+            for lr in (lrs or notebook.pick(LRS, LRS[1:3]))]
+
+
+def _final(record):
+    return record["history"][-1]
+
+
+def needs_lower_lr(records):
+    """The sweep-extension rule: every rate still at chance, or the winner the lowest
+    rate tried (records: complete sweep records)."""
+    ok = [r for r in records if r["history"] and np.isfinite(_final(r)["train_loss"])]
+    if all(_final(r)["train_error"] >= AT_CHANCE for r in ok):
+        return True
+    return best_lr(records) == min(r["describe"]["lr"] for r in records)
 
 
 def best_lr(records):
@@ -164,9 +195,30 @@ def ch01_seed_jobs(setting, act, lr):
     model, kw = ch01_settings()[setting][act]
     epochs = notebook.pick(CH01_MAX_EPOCHS, 1)
     return [experiments.Job(f"{setting}-{act}-lr{lr:g}-s{seed}", _ch01_cfg(model, kw, lr, seed, epochs),
-                            stop=reached, describe={"setting": setting, "activation": act,
+                            stop=seed_stop, describe={"setting": setting, "activation": act,
                                                     "lr": lr, "seed": seed})
             for seed in notebook.pick(SEEDS, SEEDS[:1])]
+
+
+def ch01_raw_job():
+    """The old recipe, for its health record: the paper's raw mean-subtracted pixels
+    (std about 64), the four-layer ReLU net with 1/sqrt(fan-in) stds and conv1's cut
+    by a further 64 to keep its outputs at unit scale, lr 0.01 (the unit-input sweep's
+    winner), one epoch, health every 10 steps.  Its twin on unit inputs is the sweep
+    run sweep-fan-in-relu-lr0.01."""
+    stds = fan_in_stds("fournet", lrn=False)
+    stds["conv1"] /= 64.0
+    kw = dict(lrn=False, input_size=32, activation="relu", init_std=stds)
+    cfg = dict(_ch01_cfg("fournet", kw, 0.01, 0, 1), input_scale="paper", health_every=10)
+    return experiments.Job("raw-pixels-relu-lr0.01", cfg,
+                           describe={"setting": "raw pixels, conv1 / 64", "activation": "relu", "lr": 0.01})
+
+
+def run_ch01_raw(log=print, data_sets=None):
+    train_set, val_set = data_sets or ch01_data()
+    results, runs = dirs("01_relu")
+    return experiments.run_job(ch01_raw_job(), train_set, val_set, results, runs, log=log,
+                               train_missing=not RENDER_ONLY)
 
 
 def ch01_data():
@@ -184,9 +236,14 @@ def run_ch01(settings=None, log=print, data_sets=None):
         out[setting] = {}
         for act in ("relu", "tanh"):
             run = dict(log=log, train_missing=not RENDER_ONLY)
-            sweep = [experiments.run_job(j, train_set, val_set, results, runs, **run)
-                     for j in ch01_sweep_jobs(setting, act)]
-            if not all(r and r["status"] == "complete" for r in sweep):
+            sweep, extra = [], list(notebook.pick(EXTRA_LRS, EXTRA_LRS[:1]))
+            jobs = ch01_sweep_jobs(setting, act)
+            while jobs:
+                sweep += [experiments.run_job(j, train_set, val_set, results, runs, **run) for j in jobs]
+                complete = all(r and r["status"] == "complete" for r in sweep)
+                jobs = (ch01_sweep_jobs(setting, act, [extra.pop(0)])
+                        if complete and extra and needs_lower_lr(sweep) else [])
+            if not complete:
                 out[setting][act] = {"lr": None, "sweep": sweep, "seeds": []}
                 continue
             lr = best_lr(sweep)
@@ -203,7 +260,9 @@ if __name__ == "__main__":
             run_ch08()
         elif chapter == "01":
             run_ch01()
+        elif chapter == "01:raw":                # the raw-pixel health run
+            run_ch01_raw()
         elif chapter.startswith("01:"):          # one setting: 01:deep
             run_ch01([chapter[3:]])
         else:
-            sys.exit(f"jobs.py: unknown chapter {chapter!r} (have: 01, 01:<setting>, 08)")
+            sys.exit(f"jobs.py: unknown chapter {chapter!r} (have: 01, 01:<setting>, 01:raw, 08)")

@@ -1,0 +1,69 @@
+"""The rules of chapter 01's experiment (chapters/jobs.py), fixed before its runs:
+the sweep's winner, when the sweep extends to lower rates, when a seed run stops."""
+
+import math
+import pathlib
+import sys
+
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "chapters"))
+jobs = pytest.importorskip("jobs")
+
+
+def sweep(*points):
+    """Complete sweep records from (lr, training error, loss) after one epoch."""
+    return [{"describe": {"lr": lr}, "status": "complete",
+             "history": [{"epoch": 1, "train_error": err, "train_loss": loss}]}
+            for lr, err, loss in points]
+
+
+@pytest.mark.parametrize("points, winner", [
+    ([(0.001, 0.60, 1.8), (0.01, 0.50, 1.5), (0.1, 0.90, 2.3)], 0.01),
+    # equal to the point: the lower loss wins
+    ([(0.003, 0.512, 1.40), (0.01, 0.508, 1.45)], 0.003),
+    # all at chance: the loss still says which one learns
+    ([(0.001, 0.90, 3.9), (0.003, 0.90, 3.6), (0.01, 0.90, 4.6)], 0.003),
+    # a NaN loss never wins
+    ([(0.01, 0.40, float("nan")), (0.03, 0.60, 1.7)], 0.03),
+])
+def test_best_lr(points, winner):
+    assert jobs.best_lr(sweep(*points)) == winner
+
+
+@pytest.mark.parametrize("points, extend", [
+    ([(0.001, 0.63, 1.8), (0.01, 0.53, 1.5), (0.1, 0.90, 2.3)], False),   # interior winner
+    ([(0.001, 0.50, 1.4), (0.01, 0.60, 1.6)], True),                      # winner at the lower edge
+    ([(0.001, 0.90, 3.9), (0.003, 0.90, 3.6), (0.1, 0.90, 6e3)], True),   # nothing left chance
+    ([(0.001, 0.86, 2.2), (0.01, 0.84, 2.1)], False),                     # 0.01 has left chance
+])
+def test_sweep_extends_downwards_only_at_its_edge_or_at_chance(points, extend):
+    assert jobs.needs_lower_lr(sweep(*points)) is extend
+
+
+@pytest.mark.parametrize("epoch, err, stop", [
+    (1, 0.50, False), (3, 0.25, True), (7, 0.2501, False),
+    (jobs.STALL_EPOCHS - 1, 0.90, False), (jobs.STALL_EPOCHS, 0.90, True),
+    (jobs.STALL_EPOCHS, 0.80, False),
+])
+def test_seed_runs_stop_at_the_target_or_stalled_at_chance(epoch, err, stop):
+    assert jobs.seed_stop({"epoch": epoch, "train_error": err}) is stop
+
+
+def test_the_four_settings_are_named_and_both_activations_present():
+    settings = jobs.ch01_settings()
+    assert list(settings) == ["fan-in", "cuda-convnet", "saturating", "deep"]
+    for acts in settings.values():
+        assert {kw["activation"] for _, kw in acts.values()} == {"relu", "tanh"}
+    # the saturating init is three times the fan-in std, layer by layer
+    sat = settings["saturating"]["tanh"][1]["init_std"]
+    fan = jobs.fan_in_stds("fournet", lrn=False)
+    assert all(math.isclose(sat[k], jobs.SATURATING_GAIN * fan[k]) for k in fan)
+
+
+def test_raw_pixel_job_is_the_old_recipe():
+    job = jobs.ch01_raw_job()
+    stds = job.cfg["model_kwargs"]["init_std"]
+    fan = jobs.fan_in_stds("fournet", lrn=False)
+    assert job.cfg["input_scale"] == "paper"
+    assert math.isclose(stds["conv1"], fan["conv1"] / 64) and math.isclose(stds["fc4"], fan["fc4"])
