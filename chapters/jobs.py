@@ -200,25 +200,33 @@ def ch01_seed_jobs(setting, act, lr):
             for seed in notebook.pick(SEEDS, SEEDS[:1])]
 
 
-def ch01_raw_job():
-    """The old recipe, for its health record: the paper's raw mean-subtracted pixels
+RAW_LRS = (0.01, 0.001)
+
+
+def ch01_raw_jobs():
+    """The old recipe, for its health records: the paper's raw mean-subtracted pixels
     (std about 64), the four-layer ReLU net with 1/sqrt(fan-in) stds and conv1's cut
-    by a further 64 to keep its outputs at unit scale, lr 0.01 (the unit-input sweep's
-    winner), one epoch, health every 10 steps.  Its twin on unit inputs is the sweep
-    run sweep-fan-in-relu-lr0.01."""
+    by a further 64 to keep its outputs at unit scale; one epoch at lr 0.01 (the
+    unit-input sweep's winner) and at 0.001 (the old chapter's largest usable rate),
+    health every step at 0.01 (it may not last long) and every 10 at 0.001.  Their
+    twins on unit inputs are the sweep runs sweep-fan-in-relu-lr0.01 and -lr0.001."""
     stds = fan_in_stds("fournet", lrn=False)
     stds["conv1"] /= 64.0
     kw = dict(lrn=False, input_size=32, activation="relu", init_std=stds)
-    cfg = dict(_ch01_cfg("fournet", kw, 0.01, 0, 1), input_scale="paper", health_every=10)
-    return experiments.Job("raw-pixels-relu-lr0.01", cfg,
-                           describe={"setting": "raw pixels, conv1 / 64", "activation": "relu", "lr": 0.01})
+    return [experiments.Job(f"raw-pixels-relu-lr{lr:g}",
+                            dict(_ch01_cfg("fournet", kw, lr, 0, 1), input_scale="paper",
+                                 health_every=1 if lr >= 0.01 else 10),
+                            describe={"setting": "raw pixels, conv1 / 64", "activation": "relu", "lr": lr})
+            for lr in RAW_LRS]
 
 
 def run_ch01_raw(log=print, data_sets=None):
+    """{lr: record} of the raw-pixel runs (None where missing in render-only mode)."""
     train_set, val_set = data_sets or ch01_data()
     results, runs = dirs("01_relu")
-    return experiments.run_job(ch01_raw_job(), train_set, val_set, results, runs, log=log,
-                               train_missing=not RENDER_ONLY)
+    return {job.describe["lr"]: experiments.run_job(job, train_set, val_set, results, runs, log=log,
+                                                    train_missing=not RENDER_ONLY)
+            for job in ch01_raw_jobs()}
 
 
 def ch01_data():

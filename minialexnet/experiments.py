@@ -113,13 +113,21 @@ def run_job(job, train_set, val_set, results_dir, runs_dir, log=print, after=Non
 
     t0 = time.perf_counter()
     done = trainer.epoch >= cfg["epochs"] or bool(job.stop and any(map(job.stop, trainer.history)))
+    diverged = None
     if not done:
         try:
             trainer.run(on_epoch=on_epoch)
         except _Stop:
             pass
+        except train.TrainingDiverged as e:
+            # An outcome, not a crash: a sweep's too-large rate is a result to keep
+            # (with the health records that show how it went), and the sweep goes on.
+            diverged = {"step": trainer.step, "message": str(e)}
+            log(f"{job.name}: {e}")
     seconds = spent + time.perf_counter() - t0
     rec = _write(results_dir, job, trainer, "trained", seconds)
+    if diverged:
+        rec["diverged"] = diverged
     if after is not None:
         rec["final"] = after(trainer)
     rec["status"] = "complete"

@@ -61,9 +61,9 @@ def test_the_four_settings_are_named_and_both_activations_present():
     assert all(math.isclose(sat[k], jobs.SATURATING_GAIN * fan[k]) for k in fan)
 
 
-def test_raw_pixel_job_is_the_old_recipe():
-    job = jobs.ch01_raw_job()
-    stds = job.cfg["model_kwargs"]["init_std"]
+def test_raw_pixel_jobs_are_the_old_recipe():
     fan = jobs.fan_in_stds("fournet", lrn=False)
-    assert job.cfg["input_scale"] == "paper"
-    assert math.isclose(stds["conv1"], fan["conv1"] / 64) and math.isclose(stds["fc4"], fan["fc4"])
+    for job in jobs.ch01_raw_jobs():
+        stds = job.cfg["model_kwargs"]["init_std"]
+        assert job.cfg["input_scale"] == "paper"
+        assert math.isclose(stds["conv1"], fan["conv1"] / 64) and math.isclose(stds["fc4"], fan["fc4"])

@@ -85,3 +85,17 @@ def test_stop_rule_ends_a_job_early_and_render_only_trains_nothing(tmp_path):
     rec = experiments.run_job(job, tr, val, str(tmp_path / "r"), str(tmp_path / "k"),
                               log=lambda *a: None)
     assert rec["status"] == "complete" and rec["epochs"] == 2
+
+
+def test_a_diverged_job_is_an_outcome_kept_with_its_health(tmp_path):
+    """A rate that blows up is a sweep's result, not a crash: the record is complete,
+    says where it diverged, and keeps the health records up to there."""
+    tr, val = _sets()
+    job = experiments.Job("d", dict(CFG, lr=1e6, health_every=1))
+    rec = experiments.run_job(job, tr, val, str(tmp_path / "r"), str(tmp_path / "k"),
+                              log=lambda *a: None)
+    assert rec["status"] == "complete" and rec["diverged"]["step"] >= 1
+    assert "nan" in rec["diverged"]["message"] or "inf" in rec["diverged"]["message"]
+    assert len(rec["health"]) >= 1
+    again = experiments.load_record(str(tmp_path / "r"), "d")
+    assert again["diverged"] == rec["diverged"]
