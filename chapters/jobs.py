@@ -5,6 +5,7 @@ returns the records of what exists, so re-running a notebook only renders.  The 
 jobs run from a terminal, in the background, with checkpoints and a log:
 
     cd chapters && MINIALEXNET_DATA=../../shared/data nohup python jobs.py 08 > ../runs/jobs-08.log 2>&1 &
+    cd chapters && MINIALEXNET_DATA=../../shared/data nohup python jobs.py 08:control > ../runs/jobs-08c.log 2>&1 &
 
 Records (per-epoch history, health, config, time) are committed in
 ``chapters/results/<chapter>/``; checkpoints go to ``runs/jobs/<chapter>/`` (git-ignored).
@@ -72,8 +73,24 @@ def ch08_final(test_set):
     return after
 
 
-def run_ch08(jobs=None, log=print):
-    train_set, val_set, test = ch08_data()
+def ch08_control():
+    """Figure 3's control, same recipe and data as the main job: a one-tower net of
+    the same width (its 32 conv1 filters split into two arbitrary halves stand in for
+    towers that cannot specialise), and the two-tower net with a second seed (does a
+    split, or its absence, repeat?).  About 100 min each on 2 CPU cores."""
+    return [ch08_job(towers=1), ch08_job(seed=1)]
+
+
+def ch08_checkpoint(name):
+    """Where job ``name``'s checkpoint is (it may not exist yet)."""
+    return os.path.join(dirs("08_full_training")[1], name, "checkpoint.npz")
+
+
+def run_ch08(jobs=None, log=print, data_sets=None):
+    """{job name: record or None} for ``jobs`` (default: the main job; pass
+    ``ch08_control()`` for Figure 3's control); trains what is missing unless
+    MINIALEXNET_RENDER_ONLY is set (then a job not yet trained is None)."""
+    train_set, val_set, test = data_sets or ch08_data()
     results, runs = dirs("08_full_training")
     out = {}
     for job in jobs or [ch08_job()]:
@@ -266,6 +283,8 @@ if __name__ == "__main__":
     for chapter in which:
         if chapter == "08":
             run_ch08()
+        elif chapter == "08:control":            # Figure 3's control: one tower, seed 1
+            run_ch08(ch08_control())
         elif chapter == "01":
             run_ch01()
         elif chapter == "01:raw":                # the raw-pixel health run
@@ -273,4 +292,5 @@ if __name__ == "__main__":
         elif chapter.startswith("01:"):          # one setting: 01:deep
             run_ch01([chapter[3:]])
         else:
-            sys.exit(f"jobs.py: unknown chapter {chapter!r} (have: 01, 01:<setting>, 01:raw, 08)")
+            sys.exit(f"jobs.py: unknown chapter {chapter!r} (have: 01, 01:<setting>, 01:raw, 08, "
+                     "08:control)")

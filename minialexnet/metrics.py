@@ -13,7 +13,8 @@ as an error.
 
 from .backend import np, to_numpy
 
-__all__ = ["topk_correct", "topk_error", "top1_error", "top5_error", "ErrorMeter"]
+__all__ = ["topk_correct", "topk_error", "top1_error", "top5_error", "ErrorMeter",
+           "confusion_matrix"]
 
 
 def _host(a):
@@ -75,3 +76,19 @@ class ErrorMeter:
         if self.count == 0:
             raise ValueError("ErrorMeter: no examples yet")
         return {k: 1.0 - self.correct[k] / self.count for k in self.ks}
+
+
+def confusion_matrix(labels, predicted, num_classes):
+    """Counts (K, K) int64: row = true class, column = predicted class, so the
+    diagonal holds the correct answers and row i sums to the images of class i.
+
+    labels, predicted: (N,) ints in 0..K-1 (predicted: e.g. ``scores.argmax(1)``)."""
+    y, p = _host(labels).astype(np.int64).ravel(), _host(predicted).astype(np.int64).ravel()
+    k = int(num_classes)
+    if len(y) != len(p):
+        raise ValueError(f"confusion_matrix: {len(y)} labels but {len(p)} predictions")
+    for name, a in (("labels", y), ("predicted", p)):
+        if len(a) and (a.min() < 0 or a.max() >= k):
+            raise ValueError(f"confusion_matrix: {name} must lie in 0..{k - 1}, "
+                             f"got {a.min()}..{a.max()}")
+    return np.bincount(y * k + p, minlength=k * k).reshape(k, k)

@@ -6,7 +6,7 @@ from .backend import np, to_numpy
 from .files import atomic_savefig
 
 __all__ = ["plot_history", "plot_health", "filter_grid", "show_filters", "colourfulness",
-           "show_predictions", "show_neighbours", "nearest_neighbours"]
+           "show_predictions", "show_neighbours", "nearest_neighbours", "plot_confusion"]
 
 
 def _plt():
@@ -196,4 +196,37 @@ def show_neighbours(query_images, bank_images, neighbours, path=None, title=None
     fig.tight_layout()
     if path:
         atomic_savefig(fig, path, dpi=100)
+    return fig
+
+
+def plot_confusion(matrix, class_names, path=None, title=None):
+    """A confusion matrix (``metrics.confusion_matrix``: rows true class, columns
+    predicted) as a picture: each row normalised to the share of that class's images
+    (so a class's recall is on the diagonal whatever its size), the percentage
+    written in every cell."""
+    m = np.asarray(to_numpy(matrix), np.float64)
+    k = len(class_names)
+    if m.shape != (k, k):
+        raise ValueError(f"plot_confusion: a ({k}, {k}) matrix for {k} class names, "
+                         f"got {m.shape}")
+    share = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(1.0 + 0.62 * k, 0.6 + 0.55 * k))
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{100 * share[i, j]:.0f}", ha="center", va="center", fontsize=8,
+                    color="white" if share[i, j] > 0.5 else "black")
+    names = [str(n)[:12] for n in class_names]
+    ax.set_xticks(range(k))
+    ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k))
+    ax.set_yticklabels(names, fontsize=8)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title or "confusion matrix (% of each true class)", fontsize=10)
+    fig.tight_layout()
+    if path:
+        atomic_savefig(fig, path, dpi=100)
+        plt.close(fig)
     return fig
