@@ -407,6 +407,29 @@ def test_summary_shows_the_setting_before_and_the_choice_after_a_forward(monkeyp
     assert all(r["algorithm"] == "" for r in model.summary().rows if r["kind"] != "conv")
 
 
+def test_stacked_tower_convs_follow_the_towers_mode_and_algorithm(monkeypatch):
+    """conv1's and conv3's towers share an input and run as one stacked Conv2D
+    (towers.SharedInputConvs, a copy made on first use): train() and a new
+    ``algorithm`` given to the towers' layers must reach that copy."""
+    monkeypatch.setattr(Conv2D, "_measure", fake_measure(
+        {"im2col": 3.0, "fft": 1.0, "winograd": 2.0, "winograd4": 4.0}, []))
+    model = build_model("small-alexnet", width=0.25)
+    x = rnd(2, 3, 32, 32)
+    model.forward(x)
+    convs = [l for _, l, _ in model.named_layers() if hasattr(l, "algorithm")]
+    for layer in convs:
+        layer.algorithm = "auto"
+    model.forward(x)                                  # training mode
+    model.eval().forward(x)
+    conv1 = [k for k in autotune.choices() if " x2x3x32x32 w8x3x5x5 " in k]
+    assert sorted(k.split()[2] for k in conv1) == ["eval", "train+dx"]
+    for layer in convs:
+        layer.algorithm = "winograd4" if layer.kernel_size == (3, 3) else "fft"
+    model.forward(x)
+    ran = {r["layer"]: r["algorithm"] for r in model.summary().rows if r["kind"] == "conv"}
+    assert ran["conv1.tower0"] == "fft" and ran["conv3.tower1"] == "winograd4"
+
+
 # ---------------------------------------------------------------- ReLU from its output
 def test_relu_backward_reads_its_output_and_equals_the_reference():
     x = np.array([[-1.0, -0.0, 0.0, 2.0, np.nan, np.inf, -np.inf, 1e-30]])
