@@ -430,6 +430,28 @@ def test_stacked_tower_convs_follow_the_towers_mode_and_algorithm(monkeypatch):
     assert ran["conv1.tower0"] == "fft" and ran["conv3.tower1"] == "winograd4"
 
 
+def test_a_resumed_training_run_uses_the_checkpoint_s_choices(tmp_path, monkeypatch):
+    """The Trainer keeps the choices in its checkpoint's metadata and a resume loads
+    them: here the resumed process would time im2col fastest, yet runs what the
+    first one chose (fft) for every shape the first one chose for."""
+    from minialexnet import train
+    from minialexnet.checkpoint import read_meta
+    cfg = train.default_config(dataset="synthetic", n_train=64, n_val=32, batch_size=32,
+                               model="fournet", model_kwargs={"widths": [4, 4, 4]},
+                               epochs=3, progress=False, workers=1, checkpoint_every=0,
+                               out=str(tmp_path / "run"), max_steps=1)
+    monkeypatch.setenv(autotune.ENV, "auto")
+    monkeypatch.setattr(Conv2D, "_measure", fake_measure({"im2col": 2.0, "fft": 1.0}, []))
+    train.run(cfg, log=lambda *a: None)
+    first = autotune.choices()
+    assert first and set(first.values()) == {"fft"}
+    assert read_meta(tmp_path / "run" / "checkpoint.npz")["conv_algorithms"] == autotune.state()
+    autotune.clear()                                          # a new process, in effect
+    monkeypatch.setattr(Conv2D, "_measure", fake_measure({"im2col": 1.0, "fft": 2.0}, []))
+    train.run(dict(cfg, max_steps=2, resume=True), log=lambda *a: None)
+    assert {k: autotune.choices()[k] for k in first} == first
+
+
 # ---------------------------------------------------------------- ReLU from its output
 def test_relu_backward_reads_its_output_and_equals_the_reference():
     x = np.array([[-1.0, -0.0, 0.0, 2.0, np.nan, np.inf, -np.inf, 1e-30]])
