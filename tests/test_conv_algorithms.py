@@ -296,6 +296,12 @@ def test_auto_timing_for_real_leaves_the_layer_as_a_plain_forward_would():
         assert rel_err(g, w) < BOUND[chosen]
 
 
+def test_a_timing_is_one_warm_up_then_the_fastest_of_repeats(monkeypatch):
+    calls = []
+    monkeypatch.setattr(autotune, "repeats", 3)
+    assert autotune.time_call(lambda: calls.append(1)) >= 0 and len(calls) == 4
+
+
 def test_the_same_cache_gives_the_same_choice_and_times_nothing(monkeypatch, tmp_path):
     layer = Conv2D(4, 3, 3, padding=1, algorithm="auto")
     x = rnd(2, 4, 6, 6)

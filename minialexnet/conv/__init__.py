@@ -13,6 +13,17 @@ equations in the docstring:
     auto        the fastest applicable one, timed once per layer shape on first use
                 and remembered (autotune.py), as ``torch.backends.cudnn.benchmark``
 
+conv1 (11x11, stride 4) is left to im2col: FFT and Winograd compute every stride-1
+position, 16x the outputs a stride of 4 keeps.  What im2col can reach there is its
+GEMM: columns (N*55*55, 363) times (363, 96), 211 MFLOP per image forward, whose
+copy blows the image up 7x (4.4 MB of columns per image) and whose 96 output
+columns and 363-long rows keep OpenBLAS below its peak; bench_torch.py's "floor"
+column times exactly those GEMMs on random operands, the best ratio to torch an
+im2col conv1 can have.  (A way past it, not built here: split the stride-4 11x11
+convolution into its 16 phases, "space to depth", giving a stride-1 3x3 convolution
+of 48 channels on 57x57 maps, kernel padded to 12x12 -- where Winograd applies,
+about 1.9x fewer multiplies net.)
+
 Every algorithm keeps the Conv2D contract (forward, dW, db and dx; float32 or
 float64; NumPy or CuPy) and equals the reference Conv2D to the bounds stated in
 tests/test_conv_algorithms.py.
