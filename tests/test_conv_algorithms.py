@@ -278,6 +278,18 @@ def test_auto_times_each_candidate_once_per_shape_and_keeps_the_fastest(monkeypa
     assert len(calls) == 14 and one.last_algorithm == "im2col"
 
 
+def test_an_algorithm_that_runs_out_of_memory_is_not_chosen(monkeypatch):
+    def measure(self, name, x):
+        if name == "fft":
+            raise MemoryError("out of memory allocating 1 TB")
+        return {"im2col": 2.0, "winograd": 3.0, "winograd4": 4.0}[name]
+    monkeypatch.setattr(Conv2D, "_measure", measure)
+    layer = Conv2D(4, 3, 3, padding=1, algorithm="auto")
+    layer.forward(rnd(2, 4, 6, 6))
+    assert layer.last_algorithm == "im2col"
+    assert list(autotune.timings().values())[0]["fft"] == float("inf")
+
+
 def test_auto_timing_for_real_leaves_the_layer_as_a_plain_forward_would():
     """Really timed: the candidates ran, the choice is one of them, the time is
     counted, the layer's gradients from before are kept until its own backward,

@@ -80,7 +80,8 @@ def choice(k):
 
 def choose(k, candidates, measure):
     """The algorithm for key ``k``: the remembered one, else the fastest of
-    ``candidates`` by ``measure(name) -> seconds`` (ties: the first), remembered."""
+    ``candidates`` by ``measure(name) -> seconds`` (ties: the first; one that runs
+    out of memory counts as infinitely slow), remembered."""
     name = _choices.get(k)
     if name is not None:
         if name not in candidates:
@@ -90,7 +91,10 @@ def choose(k, candidates, measure):
     t0 = time.perf_counter()
     times = {}
     for c in candidates:
-        times[c] = measure(c)
+        try:
+            times[c] = measure(c)
+        except MemoryError:       # (CuPy's OutOfMemoryError too): as cuDNN, skip it
+            times[c] = float("inf")
     _tune_seconds[0] += time.perf_counter() - t0
     best = min(candidates, key=lambda c: times[c])      # min keeps the first of ties
     _choices[k], _timings[k] = best, times
