@@ -228,6 +228,7 @@ def test_importing_times_nothing():
 
 @pytest.mark.parametrize("make,words", [
     (lambda: Conv2D(3, 4, 11, stride=4, algorithm="fft"), "'fft' does not apply to stride 4"),
+    (lambda: Conv2D(3, 4, 5, stride=2, algorithm="fft"), "'fft' does not apply to stride 2"),
     (lambda: Conv2D(3, 4, 3, stride=2, algorithm="winograd"), "stride 2"),
     (lambda: Conv2D(3, 4, 5, padding=2, algorithm="winograd"), "a 5x5 kernel"),
     (lambda: Conv2D(3, 4, (3, 2), algorithm="winograd4"), "a 3x2 kernel"),
