@@ -15,11 +15,23 @@ Sections:
     peak     float32 GEMM GFLOP/s on this machine (NumPy's BLAS): the yardstick
     nets     training step (forward, backward, SGD update) of whole networks, and
              inference (forward only) at batch 128
-    layers   forward and backward of each AlexNet layer against its torch equivalent
+    layers   forward and backward of each AlexNet layer against its torch equivalent,
+             with the algorithm each convolution ran and its GFLOP/s two ways
+    algos    every convolution algorithm (minialexnet/conv/) on each conv layer's
+             shape: time, GFLOP/s, which one "auto" picks and what picking cost
     memory   peak resident memory of one batch-128 AlexNet training step, each side
              in a fresh subprocess
     cupy     images/s on GPUs with --devices 0,0 (and 0,1 with two GPUs); skipped,
              saying so, without a GPU
+
+GFLOP/s of a convolution are given two ways: "effective" counts the FLOPs of the
+direct (im2col) convolution, whatever ran, so algorithms compare by time; "own"
+counts the FLOPs the algorithm itself performed (FFT's products and transforms,
+Winograd's tile products and transforms), so it says how well that arithmetic ran.
+
+``--conv-algo`` sets MINIALEXNET_CONV_ALGO for the whole run (every minialexnet
+convolution: im2col, fft, winograd, winograd4 where they apply, or auto); without it
+the library's default, im2col, runs except in the algos section.
 
 The library never imports torch; only this script (and the tests) do.
 """
@@ -33,8 +45,12 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=2, help="threads for both sides (2)")
-    p.add_argument("--sections", default="peak,nets,layers,memory,cupy",
-                   help="comma-separated subset of peak,nets,layers,memory,cupy")
+    p.add_argument("--sections", default="peak,nets,layers,algos,memory,cupy",
+                   help="comma-separated subset of peak,nets,layers,algos,memory,cupy")
+    p.add_argument("--conv-algo", default=None,
+                   choices=("auto", "im2col", "fft", "winograd", "winograd4"),
+                   help="MINIALEXNET_CONV_ALGO for every minialexnet convolution "
+                        "(default: as the environment says; unset: im2col)")
     p.add_argument("--repeats", type=int, default=7, help="timed repeats per side (7)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per side first (2)")
     p.add_argument("--batch", type=int, default=None,
@@ -58,6 +74,8 @@ if ARGS is not None:
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                 "MINIALEXNET_THREADS"):
         os.environ[var] = str(ARGS.threads)
+    if ARGS.conv_algo:                 # the memory child inherits it
+        os.environ["MINIALEXNET_CONV_ALGO"] = ARGS.conv_algo
 
 import gc  # noqa: E402
 import json  # noqa: E402
@@ -77,7 +95,8 @@ from minialexnet import cpu  # noqa: E402
 TUNING = cpu.tune() if ARGS is not None else None     # run as a script, not imported
 import numpy as np  # noqa: E402
 
-from minialexnet import backend, parallel  # noqa: E402
+from minialexnet import backend, conv, parallel  # noqa: E402
+from minialexnet.conv import autotune  # noqa: E402
 from minialexnet.layers import (Conv2D, Dropout, Linear, LocalResponseNorm,  # noqa: E402
                                 MaxPool2D, ReLU)
 
@@ -232,6 +251,16 @@ def layer_flops(layer, shape):
     return 0
 
 
+def own_flops(layer, shape, need_dx, algorithm):
+    """FLOPs of forward + backward as ``algorithm`` performs them (im2col: the
+    direct convolution's, as ``layer_flops`` counts them)."""
+    if algorithm in (None, "im2col") or not isinstance(layer, Conv2D):
+        return (2 + need_dx) * layer_flops(layer, shape)
+    fwd, bwd = conv.get(algorithm).flops(shape, layer.params["W"].shape, layer.padding,
+                                         need_dx)
+    return fwd + bwd
+
+
 def gemm_shapes(layer, shape, need_dx):
     """The matrix multiplies one forward + backward of ``layer`` runs, as the library
     runs them: (M, K, N, a_transposed, b_transposed), where a transposed operand is
@@ -295,16 +324,21 @@ def run_layers(args, peak):
           f"{2 if args.tiny else 128}), {args.threads} threads "
           f"(medians of {args.repeats}; ratio = minialexnet / torch)")
     print("(GEMMs: the layer's matrix multiplies alone, same shapes, random operands; "
-          "floor = GEMMs / torch, the best ratio im2col + OpenBLAS could reach)")
+          "floor = GEMMs / torch, the best ratio im2col + OpenBLAS could reach; algo: "
+          "what the conv ran; GFLOP/s effective (direct-convolution FLOPs) / own (the "
+          "algorithm's FLOPs))")
     print(f"{'layer':<30} {'ours fwd':>9} {'ours bwd':>9} {'torch fwd':>9} {'torch bwd':>9}"
-          f" {'ratio':>6} {'GFLOP/s':>8} {'GEMMs':>7} {'floor':>6}")
+          f" {'ratio':>6} {'GFLOP/s':>8} {'GEMMs':>7} {'floor':>6} {'algo':>9} {'own GF/s':>8}")
     specs = layer_specs(b, args.tiny) + fournet_layer_specs(args.tiny)
     for name, layer, fn, shape, need_dx in specs:
         x = rnd(shape)
         if isinstance(layer, LocalResponseNorm):
             x = np.abs(x) * np.float32(3)   # ReLU outputs, of a size where LRN matters
         x_ours = x if "conv1" in name else channels_last(x)   # the image is NCHW
-        y = layer.forward(x_ours)
+        tuned = autotune.tune_seconds()
+        y = layer.forward(x_ours)                 # (with --conv-algo auto: tunes here)
+        tuned = autotune.tune_seconds() - tuned
+        algo = getattr(layer, "last_algorithm", None)
         dy = rnd(y.shape, seed=1)
         dy_ours = channels_last(dy)
         params = [torch.tensor(layer.params[k], requires_grad=True) for k in ("W", "b")
@@ -336,13 +370,15 @@ def run_layers(args, peak):
         ratio = ta / tb
         time.sleep(SETTLE_S)          # torch's idle threads must not slow the GEMMs
         floor = gemm_floor(layer, shape, need_dx, args.repeats) if fl else None
+        own = own_flops(layer, shape, need_dx, algo) / ta / 1e9 if fl else None
         rows.append({"layer": name, "ours_fwd_ms": pa["fwd"] * 1e3, "ours_bwd_ms": pa["bwd"] * 1e3,
                      "torch_fwd_ms": pb["fwd"] * 1e3, "torch_bwd_ms": pb["bwd"] * 1e3,
                      "ours_ms": ta * 1e3, "torch_ms": tb * 1e3, "ratio": ratio,
                      "gflops": gf, "gemm_ms": floor and floor * 1e3,
-                     "floor_ratio": floor and floor / tb})
+                     "floor_ratio": floor and floor / tb, "algorithm": algo,
+                     "gflops_own": own, "autotune_s": tuned})
         gfs = f"{gf:8.0f}" if gf else f"{'':>8}"
-        fls = f"{floor * 1e3:7.1f} {floor / tb:6.2f}" if floor else ""
+        fls = f"{floor * 1e3:7.1f} {floor / tb:6.2f} {algo or '':>9} {own:8.0f}" if floor else ""
         print(f"{name:<30} {pa['fwd'] * 1e3:9.1f} {pa['bwd'] * 1e3:9.1f} {pb['fwd'] * 1e3:9.1f}"
               f" {pb['bwd'] * 1e3:9.1f} {ratio:6.2f} {gfs} {fls}", flush=True)
     worst = max(rows, key=lambda r: r["ratio"])
@@ -351,6 +387,70 @@ def run_layers(args, peak):
     print(f"{'sum':<30} {'':>9} {'':>9} {'':>9} {'':>9} {tot_a / tot_b:6.2f}")
     print(f"slowest layer relative to torch: {worst['layer']} ({worst['ratio']:.2f}x); "
           f"GFLOP/s counts forward + backward of conv/fc, peak {peak:.0f}")
+    tuned = sum(r["autotune_s"] for r in rows)
+    if tuned:
+        print(f"autotune (--conv-algo auto) took {tuned:.2f} s on the layers' first calls")
+    return rows
+
+
+# ---------------------------------------------------------------- conv algorithms
+def conv_specs(args):
+    """(name, conv, input shape, needs dx) of AlexNet's conv2-conv5 (one tower where
+    the net splits them) and the four-layer net's conv2 and conv3, for --layer-batch."""
+    b = 2 if args.tiny else args.layer_batch
+    specs = [(n, layer, shape, dx) for n, layer, _, shape, dx in layer_specs(b, args.tiny)
+             if isinstance(layer, Conv2D) and layer.stride == 1]
+    return specs + [(n, layer, shape, dx) for n, layer, _, shape, dx in fournet_layer_specs(args.tiny)
+                    if dx]
+
+
+def run_algos(args, peak):
+    """Every applicable algorithm on each conv shape (forward + backward, medians of
+    --repeats after --warmup), then what "auto" chooses there and what choosing cost.
+    conv1 (11x11, stride 4) is left out: only im2col applies (see layers.Conv2D)."""
+    print(f"\n## Conv algorithms: forward + backward, {args.threads} threads (medians of "
+          f"{args.repeats}; effective GFLOP/s: direct-convolution FLOPs / time, own: the "
+          f"algorithm's FLOPs / time; * = what auto chose)")
+    print(f"{'layer':<30} {'algorithm':>10} {'ms':>9} {'eff GF/s':>9} {'own GF/s':>9}"
+          f" {'own/direct':>10}")
+    rows = []
+    for name, layer, shape, need_dx in conv_specs(args):
+        x = channels_last(rnd(shape))
+        direct = (2 + need_dx) * layer_flops(layer, shape)
+        out = []
+        for algo in conv.applicable(layer.kernel_size, layer.stride):
+            layer.algorithm = algo
+            y = layer.forward(x)
+            dy = channels_last(rnd(y.shape, seed=1))
+            layer.backward(dy)
+            times = []
+            for i in range(args.warmup + args.repeats):
+                gc.collect()
+                t0 = time.perf_counter()
+                layer.forward(x)
+                layer.backward(dy)
+                if i >= args.warmup:
+                    times.append(time.perf_counter() - t0)
+            t = statistics.median(times)
+            own = own_flops(layer, shape, need_dx, algo)
+            out.append({"layer": name, "algorithm": algo, "ms": t * 1e3,
+                        "gflops_effective": direct / t / 1e9, "gflops_own": own / t / 1e9,
+                        "own_over_direct": own / direct})
+        autotune.clear()
+        layer.algorithm = "auto"
+        layer.forward(x)
+        chosen, tune_s = layer.last_algorithm, autotune.tune_seconds()
+        layer.algorithm = "im2col"
+        for r in out:
+            r.update(chosen=r["algorithm"] == chosen, autotune_s=tune_s)
+            print(f"{name if r is out[0] else '':<30} {r['algorithm'] + ('*' if r['chosen'] else ''):>10}"
+                  f" {r['ms']:9.1f} {r['gflops_effective']:9.0f} {r['gflops_own']:9.0f}"
+                  f" {r['own_over_direct']:10.2f}", flush=True)
+        print(f"{'':<30} {'autotune':>10} {tune_s * 1e3:9.1f} ms (choosing {chosen}: every "
+              "algorithm's warm-up and timed run)")
+        rows += out
+    autotune.clear()
+    print(f"(peak {peak:.0f} GFLOP/s; conv1 is 11x11 stride 4: only im2col applies)")
     return rows
 
 
@@ -382,15 +482,25 @@ def run_nets(args, peak):
         classes = 10 if px <= 32 else (1000 if not args.tiny else 10)
         ours = ours_nets.Step(arch, b, px, classes, train=train, tiny=args.tiny)
         theirs = torch_nets.Step(arch, b, px, classes, train=train, tiny=args.tiny)
+        tuned = autotune.tune_seconds()
+        if autotune.override() == "auto":
+            ours()                        # autotune on the first step, not in the timing
+        tuned = autotune.tune_seconds() - tuned
         ta, tb, _, _ = interleaved(ours, theirs, args.repeats, args.warmup)
+        algos = {r["layer"]: r["algorithm"] for r in ours.model.summary().rows
+                 if r["kind"] == "conv"}
         flops = ours.flops()
         r = {"network": name, "batch": b, "px": px, "ours_ms": ta * 1e3, "torch_ms": tb * 1e3,
              "ratio": ta / tb, "ours_img_s": b / ta, "torch_img_s": b / tb,
-             "ours_peak_frac": flops / ta / 1e9 / peak, "torch_peak_frac": flops / tb / 1e9 / peak}
+             "ours_peak_frac": flops / ta / 1e9 / peak, "torch_peak_frac": flops / tb / 1e9 / peak,
+             "conv_algorithms": algos, "autotune_s": tuned}
         rows.append(r)
         print(f"{name:<16} {b:>5} {px:>4} {ta * 1e3:9.1f} {tb * 1e3:9.1f} {ta / tb:6.2f}"
               f" {b / ta:10.1f} {b / tb:11.1f} {r['ours_peak_frac']:10.0%} {r['torch_peak_frac']:11.0%}",
               flush=True)
+        shown = {k.split(".")[0]: v for k, v in algos.items()}     # towers alike
+        print(f"{'':<16} conv algorithms: {', '.join(f'{k} {v}' for k, v in shown.items())}"
+              + (f"; autotune {tuned:.2f} s" if tuned else ""))
         del ours, theirs
         gc.collect()
     return rows
@@ -487,6 +597,7 @@ def main(args):
           f"{TUNING.malloc_keeps_freed} (torch's side: "
           f"{'glibc defaults' if args.torch_malloc == 'glibc' else 'the same'})")
     results = {"threads": args.threads, "torch": torch_version, "numpy": np.__version__,
+               "conv_algo": autotune.override() or "im2col (default)",
                "date": time.strftime("%Y-%m-%d %H:%M %Z"),
                "blas_sleeps_when_idle": TUNING.blas_sleeps_when_idle,
                "malloc_keeps_freed": TUNING.malloc_keeps_freed, "torch_malloc": args.torch_malloc}
@@ -497,6 +608,8 @@ def main(args):
         results["nets"] = run_nets(args, peak)
     if "layers" in sections:
         results["layers"] = run_layers(args, peak)
+    if "algos" in sections:
+        results["algos"] = run_algos(args, peak)
     if "memory" in sections:
         results["memory_mib"] = run_memory(args)
     if "cupy" in sections:

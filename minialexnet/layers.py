@@ -24,7 +24,8 @@ import math
 import numbers
 import zlib
 
-from . import backend
+from . import backend, conv as conv_algorithms
+from .conv import autotune
 from .errors import ConfigError, MinialexnetError, ShapeError
 from .im2col import col2im_nhwc, conv_output_size, im2col_nhwc
 from .parallel import parallel_for
@@ -254,6 +255,29 @@ class Conv2D(Layer):
     to tens of MB at the same speed; channels last makes the GEMM output the next
     layer's input with no transpose; threaded copies (with pooling and ReLU) took the
     AlexNet step from 1.12x to 1.04x torch's.
+
+    ``algorithm`` says how the convolution is computed (``minialexnet/conv/``):
+
+    - "im2col" (the default): all of the above; any kernel and stride.
+    - "fft": products of spectra per frequency (conv/fft.py); stride 1.
+    - "winograd" / "winograd4": Winograd F(2x2, 3x3) / F(4x4, 3x3) (conv/winograd.py);
+      stride 1 and 3x3 kernels.
+    - "auto": on the first forward of each new input shape, time every algorithm
+      that applies and run the fastest from then on; the choice is kept per shape
+      for the whole process (conv/autotune.py: save, load, and what the Trainer's
+      checkpoints record).
+    Asking for an algorithm that does not apply is a HyperparameterError.  The
+    environment variable ``MINIALEXNET_CONV_ALGO`` (one of the names above)
+    overrides every layer's setting: that algorithm wherever it applies, im2col
+    elsewhere.  ``last_algorithm`` is what the last forward ran.
+
+    Why "im2col" stays the default and "auto" is opted into: the algorithms agree
+    only to float32 rounding (tests/test_conv_algorithms.py states the bounds), so
+    which one runs changes the low bits of every number after it.  With im2col a
+    run is the same computation on every machine and every resume, and the tests,
+    chapters and bit-identical resumes keep meaning what they meant; a choice by
+    timing depends on how busy the machine was at that moment (one timed run per
+    candidate).  "auto" is there for speed, made reproducible by the saved choices.
     """
 
     chunk_bytes = 24 << 20
@@ -262,7 +286,7 @@ class Conv2D(Layer):
     needs_input_grad = True
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                 weight_std=0.01, bias=0.0, dtype=None, name=None):
+                 weight_std=0.01, bias=0.0, dtype=None, name=None, algorithm="im2col"):
         super().__init__(name)
         kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, numbers.Integral) \
             else tuple(kernel_size) if isinstance(kernel_size, (tuple, list)) \
@@ -279,6 +303,54 @@ class Conv2D(Layer):
         self.params["b"] = xp.full((out_channels,), bias, dtype=dtype)
         self._buffers = {}
         self._kept = None
+        self.algorithm = algorithm
+        self._check_algorithm(algorithm)
+        self.last_algorithm = None     # what the last forward ran
+
+    def _check_algorithm(self, setting):
+        """A HyperparameterError unless ``setting`` is an algorithm this layer can run."""
+        if setting not in conv_algorithms.SETTINGS:
+            raise HyperparameterError(f"{self.name}: algorithm must be one of "
+                                      f"{', '.join(conv_algorithms.SETTINGS)}, got {setting!r}")
+        if setting != "auto":
+            why = conv_algorithms.get(setting).applies(self.kernel_size, self.stride)
+            if why:
+                raise HyperparameterError(f"{self.name}: algorithm {setting!r} does not apply "
+                                          f"to {why}; use 'im2col' or 'auto'")
+
+    def _resolve(self, x):
+        """The algorithm this forward runs: ``MINIALEXNET_CONV_ALGO`` if set (where
+        it applies, else im2col), else ``algorithm``; "auto" asks the autotune cache,
+        which times the candidates on ``x`` the first time it sees this shape."""
+        forced = autotune.override()
+        setting = forced or self.algorithm
+        if not forced:
+            self._check_algorithm(setting)
+        candidates = conv_algorithms.applicable(self.kernel_size, self.stride)
+        if setting != "auto":
+            return setting if setting in candidates else "im2col"
+        if len(candidates) == 1:
+            return candidates[0]
+        key = autotune.key(x.shape, self.params["W"].shape, self.stride, self.padding,
+                           x.dtype, self.training, self.needs_input_grad)
+        timed = autotune.choice(key) is None
+        name = autotune.choose(key, candidates, lambda name: self._measure(name, x))
+        if timed and name != "im2col":
+            self._buffers = {}          # im2col's column buffers, made only for the timing
+        return name
+
+    def _measure(self, name, x):
+        """Seconds of algorithm ``name`` on ``x``: forward, and backward (with the
+        output as the gradient: only its shape matters) in training mode."""
+        grads = dict(self.grads)
+
+        def run():
+            y = self._forward_with(name, x)
+            if self.training:
+                self._backward_with(name, y)
+        seconds = autotune.time_call(run)
+        self.grads = grads                       # the caller's gradients, untouched
+        return seconds
 
     def output_shape(self, input_shape):
         """(C_out, OH, OW) for an input of shape (C_in, H, W)."""
@@ -372,6 +444,31 @@ class Conv2D(Layer):
 
     def forward(self, x):
         self._check(x)
+        name = self._resolve(x)
+        y = self._forward_with(name, x)
+        self.last_algorithm = name
+        return y
+
+    def backward(self, dy):
+        return self._backward_with(self.last_algorithm, dy)
+
+    def _forward_with(self, name, x):
+        if name == "im2col":
+            return self._forward_im2col(x)
+        y, self.cache = conv_algorithms.get(name).forward(x, self.params["W"],
+                                                          self.params["b"], self.padding)
+        self._kept = None
+        return y
+
+    def _backward_with(self, name, dy):
+        if name == "im2col":
+            return self._backward_im2col(dy)
+        dW, db, dx = conv_algorithms.get(name).backward(dy, self.cache, self.needs_input_grad)
+        self.grads["W"], self.grads["b"] = dW, db
+        self.cache = None
+        return dx
+
+    def _forward_im2col(self, x):
         xp = backend.xp()
         plan = N, C, H, W, kh, kw, s, p, oh, ow, nb = self._plan(x)
         w2t = self._w2().T                               # (K, C_out), a transposed view
@@ -388,7 +485,7 @@ class Conv2D(Layer):
         self._kept = cols if nb == N else None           # backward's columns, built
         return y.transpose(0, 3, 1, 2)                   # NCHW shape, channels-last memory
 
-    def backward(self, dy):
+    def _backward_im2col(self, dy):
         """dW2 = dY.T @ cols (chunk by chunk), db = sum(dY), and dx.
 
         dx: for stride 1 (conv2-5) by the transposed convolution -- dx is the
@@ -461,30 +558,37 @@ class ReLU(Layer):
     """Rectified linear unit, f(x) = max(0, x) (paper 3.1).
 
     x: any shape -> y: same shape.  dy/dx = 1 where x > 0, else 0.
-    Caches only the boolean mask (1 byte per element).
+    Keeps its output y, not a mask: y > 0 exactly where x > 0 (zeros, -0.0 and NaN
+    included), so backward reads dx = dy * (y > 0) from the output, as PyTorch's
+    ``threshold_backward`` does.
 
-    Against the reference: the same two passes, written into arrays of x's memory
-    order and split over threads along the batch (memory-bound work; with pooling
-    and the conv copies, threads took the AlexNet step from 1.12x to 1.04x torch's).
+    Against the reference (which keeps the mask x > 0): one pass in forward instead
+    of two (no mask to write; where the next layer keeps its input -- conv, LRN,
+    Linear -- keeping y costs no memory, before pooling and dropout 4 bytes an
+    element instead of 1), backward's comparison and product a cache-sized block at
+    a time, all in arrays of x's memory order, split over threads along the
+    batch (memory-bound work; with pooling and the conv copies, threads took the
+    AlexNet step from 1.12x to 1.04x torch's).
     """
 
     def forward(self, x):
         xp = backend.xp()
         y = xp.empty_like(x)                     # keeps x's memory order
-        self.mask = xp.empty_like(x, dtype=xp.bool_)
 
         def work(lo, hi):                        # memory-bound: split over threads
-            xp.greater(x[lo:hi], 0, out=self.mask[lo:hi])
             xp.maximum(x[lo:hi], 0, out=y[lo:hi])
         parallel_for(x.shape[0], work, min_per_thread=_min_rows(x))
+        self.y = y
         return y
 
     def backward(self, dy):
         xp = backend.xp()
+        y, self.y = self.y, None
         dx = xp.empty_like(dy)
 
         def work(lo, hi):
-            xp.multiply(dy[lo:hi], self.mask[lo:hi], out=dx[lo:hi])
+            for b in _blocks(y, lo, hi):         # the mask of a block is still in cache
+                xp.multiply(dy[b], y[b] > 0, out=dx[b])
         parallel_for(dy.shape[0], work, min_per_thread=_min_rows(dy))
         return dx
 

@@ -73,6 +73,7 @@ of raw centred pixels: with ``--input-scale paper``, divide conv1's std by it.
 import inspect
 
 from . import backend, layers as fast_layers, reference, towers as fast_towers
+from .conv import autotune
 from .errors import ConfigError, MinialexnetError, ShapeError, StateDictError
 
 __all__ = ["DEFAULT_LR", "default_lr", "Network", "AlexNet", "SmallAlexNet", "TorchvisionAlexNet", "FourLayerNet",
@@ -788,6 +789,18 @@ def _numel(shape):
     return n
 
 
+def _conv_algorithm(step, layer):
+    """How a conv layer computes: what its last forward ran ("fft (auto)" when
+    autotune chose it), else what it is set to (or what MINIALEXNET_CONV_ALGO forces).
+    A tower layer whose forward ran stacked (SharedInputConvs) ran the stacked one's."""
+    stacked = getattr(step, "stacked", None)
+    ran = getattr(stacked.conv if stacked is not None else layer, "last_algorithm", None)
+    setting = getattr(layer, "algorithm", "im2col")      # the reference Conv2D: im2col
+    if ran is None:
+        return autotune.override() or setting
+    return f"{ran} (auto)" if setting == "auto" and not autotune.override() else ran
+
+
 def _is_paper_size(m):
     return isinstance(m, AlexNet) and not isinstance(m, SmallAlexNet) and m.input_size == 227
 
@@ -801,13 +814,14 @@ class Summary:
     conv and FC layers do multiply-adds), activation_bytes (the layer's output per
     image), transfer_bytes (bytes that cross between devices per image: 0 when both towers
     share a device, e.g. the default devices=None; build with devices=(0, 1) to see what
-    two GPUs would exchange), device.
+    two GPUs would exchange), device, algorithm (conv layers: how the convolution is
+    computed, see ``_conv_algorithm``; "" for the others).
     ``totals``: the same summed.  ``neurons_by_layer()``: {layer: neurons, all towers}.
     ``str(summary)`` / ``summary.text``: a printable table.
     """
 
     COLUMNS = ("layer", "kind", "output_shape", "params", "neurons", "flops",
-               "activation_bytes", "transfer_bytes", "device")
+               "activation_bytes", "transfer_bytes", "device", "algorithm")
 
     def __init__(self, model):
         self.model = model
@@ -834,16 +848,19 @@ class Summary:
                                  output_shape=new if isinstance(new, tuple) else new[0],
                                  params=0, neurons=0, flops=0, activation_bytes=0,
                                  transfer_bytes=sent * itemsize,
-                                 device="->".join(str(d) for d in step.devices)))
+                                 device="->".join(str(d) for d in step.devices),
+                                 algorithm=""))
                 shape = new
             elif isinstance(step, (fast_towers.TowerLayer, reference.TowerLayer)):
                 new = []
-                for (prefix, _, d), s in zip(step.named_layers(), shape):
+                for (prefix, layer, d), s in zip(step.named_layers(), shape):
                     out, p, n, macs = _layer_account(step.spec, s)
                     rows.append(dict(layer=prefix, kind=step.kind, output_shape=out, params=p,
                                      neurons=n, flops=2 * macs,
                                      activation_bytes=_numel(out) * itemsize,
-                                     transfer_bytes=0, device=str(d)))
+                                     transfer_bytes=0, device=str(d),
+                                     algorithm=_conv_algorithm(step, layer)
+                                     if step.kind == "conv" else ""))
                     new.append(out)
                 shape = new
             else:
@@ -851,7 +868,9 @@ class Summary:
                 rows.append(dict(layer=step.name, kind=step.kind, output_shape=out, params=p,
                                  neurons=n, flops=2 * macs,
                                  activation_bytes=_numel(out) * itemsize,
-                                 transfer_bytes=0, device=str(step.device)))
+                                 transfer_bytes=0, device=str(step.device),
+                                 algorithm=_conv_algorithm(step, step.layer)
+                                 if step.kind == "conv" else ""))
                 shape = out
         self.rows = rows
         self.totals = {k: sum(r[k] for r in rows)
@@ -870,7 +889,7 @@ class Summary:
 
     def _format(self):
         head = ("layer", "kind", "output (per image)", "params", "neurons", "MFLOP",
-                "act KiB", "sent KiB", "device")
+                "act KiB", "sent KiB", "device", "conv algorithm")
         lines = []
         for r in self.rows:
             lines.append((r["layer"], r["kind"], "x".join(map(str, r["output_shape"])),
@@ -878,16 +897,16 @@ class Summary:
                           f"{r['flops'] / 1e6:.1f}" if r["flops"] else "",
                           f"{r['activation_bytes'] / 1024:.1f}" if r["activation_bytes"] else "",
                           f"{r['transfer_bytes'] / 1024:.1f}" if r["transfer_bytes"] else "",
-                          r["device"]))
+                          r["device"], r["algorithm"]))
         t = self.totals
         lines.append(("total", "", "", f"{t['params']:,}", f"{t['neurons']:,}",
                       f"{t['flops'] / 1e6:.1f}", f"{t['activation_bytes'] / 1024:.1f}",
-                      f"{t['transfer_bytes'] / 1024:.1f}", ""))
+                      f"{t['transfer_bytes'] / 1024:.1f}", "", ""))
         widths = [max(len(str(x[i])) for x in lines + [head]) for i in range(len(head))]
 
         def fmt(row):
-            return "  ".join(str(c).ljust(w) if i < 3 else str(c).rjust(w)
-                             for i, (c, w) in enumerate(zip(row, widths)))
+            return "  ".join(str(c).ljust(w) if i < 3 or i == 9 else str(c).rjust(w)
+                             for i, (c, w) in enumerate(zip(row, widths))).rstrip()
         out = [f"{self.model.arch}", fmt(head), "-" * len(fmt(head))]
         out += [fmt(r) for r in lines[:-1]] + ["-" * len(fmt(head)), fmt(lines[-1])]
         out.append(f"forward: {t['flops'] / 1e9:.3f} GFLOP per image (2 x multiply-adds "

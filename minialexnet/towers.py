@@ -212,6 +212,11 @@ class SharedInputConvs:
         xp = backend.xp()
         self.conv.params = {k: xp.concatenate([l.params[k] for l in self.layers])
                             for k in ("W", "b")}
+        # The towers' current settings (train(), ``algorithm`` and needs_input_grad
+        # reach the towers' layers, not this copy): "auto" keys its choice by them.
+        self.conv.training = self.layers[0].training
+        self.conv.algorithm = self.layers[0].algorithm
+        self.conv.needs_input_grad = any(l.needs_input_grad for l in self.layers)
         return _split(self.conv.forward(x), self.sizes)
 
     def backward(self, dys):

@@ -40,6 +40,7 @@ if __name__ == "__main__":        # the command line: CPU tuning before NumPy lo
 from . import backend, cli, data, distributed, reference
 from .backend import np
 from .checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
+from .conv import autotune
 from .errors import ConfigError, MinialexnetError, TrainingDiverged
 from .files import atomic_write_text
 from .layers import SoftmaxCrossEntropy
@@ -456,6 +457,8 @@ class Trainer:
             # No generator state: dropout masks are keyed by (seed, layer, step)
             # (layers.Dropout); the Loader's crops by (seed, epoch, batch).
         }
+        # The convolution algorithms "auto" chose (conv/autotune.py): a resume runs the same.
+        meta["conv_algorithms"] = autotune.state()
         return arrays, meta
 
     def save(self, why="epoch"):
@@ -481,6 +484,7 @@ class Trainer:
         self.epoch, self.step, self.history = meta["epoch"], meta["step"], meta["history"]
         self.health = list(meta.get("health") or [])
         self._epoch_stats = meta.get("epoch_stats") or self._fresh_stats()
+        autotune.load_state(meta.get("conv_algorithms"))    # None: an older checkpoint
         self.last_good_checkpoint = path
         return meta
 

@@ -2,7 +2,8 @@
 
 On CuPy the layers take other paths than on NumPy (no host threads, no cache blocks:
 one kernel per pass, the whole batch in one conv chunk; per-device generators), so
-these run the GPU's paths end to end: both ways to a convolution's dx, a whole
+these run the GPU's paths end to end: both ways to a convolution's dx, the FFT
+and Winograd convolutions (cupy.fft) and their autotune, a whole
 AlexNet forward and backward, SGD, Trainer steps with --devices 0,0 (and resume),
 and the two-device exchange when two GPUs exist.  ``benchmarks/gpu_check.sh`` runs
 them with the CuPy benchmark.
@@ -93,6 +94,27 @@ def test_conv_dx_paths_match_numpy(dx_method, cin, cout, k, stride, pad):
     conv.params = {k_: on_gpu(v) for k_, v in ref.params.items()}
     assert conv._transposed_ok() == (dx_method == "transposed")
     close(conv.forward(on_gpu(x)), y, "y")
+    close(conv.backward(on_gpu(dy)), dx, "dx")
+    for g in ("W", "b"):
+        close(conv.grads[g], ref.grads[g], g)
+
+
+@pytest.mark.parametrize("algorithm,k,pad", [("fft", 5, 2), ("winograd", 3, 1),
+                                              ("winograd4", 3, 1), ("auto", 3, 1)])
+def test_conv_algorithms_match_numpy(algorithm, k, pad):
+    """FFT (cupy.fft, cuFFT) and Winograd on the GPU equal NumPy's im2col; "auto"
+    times them on the GPU (synchronised) and runs its choice."""
+    x, seed = rnd(4, 16, 13, 11), 3
+    backend.use("numpy", seed=seed)
+    ref = Conv2D(16, 8, k, padding=pad, weight_std=0.1, bias=0.2)
+    y = ref.forward(x)
+    dy = rnd(*y.shape, seed=1)
+    dx = ref.backward(dy)
+    backend.use("cupy", seed=seed)
+    conv = Conv2D(16, 8, k, padding=pad, bias=0.2, algorithm=algorithm)
+    conv.params = {k_: on_gpu(v) for k_, v in ref.params.items()}
+    close(conv.forward(on_gpu(x)), y, "y")
+    assert conv.last_algorithm in ("im2col", "fft", "winograd", "winograd4")
     close(conv.backward(on_gpu(dy)), dx, "dx")
     for g in ("W", "b"):
         close(conv.grads[g], ref.grads[g], g)
