@@ -12,7 +12,10 @@ file or the new one, never a mixture).  So:
 * A symlink at the target is *replaced* by the new file, never followed: writing
   ``metrics.jsonl`` cannot overwrite whatever file a link there points to.
 * A process killed mid-write (SIGKILL, power cut) leaves its temp file behind; the
-  next write of the same file removes every such temp whose process is gone.
+  next write of the same file removes every such temp whose process is gone, or
+  whose pid is this process's own but which this process is not writing (a killed
+  run restarted in a container often gets the same pid), or which has not been
+  touched for ``STALE_AFTER_S`` (its pid reused by some unrelated process).
 * OSErrors become ``WriteError`` with one line naming the file and the reason
   ("the disk is full", "permission denied"); ``describe_os_error`` words them.
 """
@@ -21,6 +24,8 @@ import contextlib
 import errno
 import os
 import secrets
+import threading
+import time
 
 from .errors import MinialexnetError
 
@@ -53,6 +58,15 @@ def describe_os_error(e):
     return _REASONS.get(e.errno) or (e.strerror or str(e) or type(e).__name__).rstrip(".")
 
 
+# A temp untouched this long is nobody's write in progress, whatever its pid says.
+STALE_AFTER_S = 24 * 3600
+
+# The temps this process is writing right now (any thread): the only ones with our
+# pid that are not stale.
+_writing = set()
+_writing_lock = threading.Lock()
+
+
 def _temp_prefix(path):
     return f".{os.path.basename(path)}."
 
@@ -77,15 +91,26 @@ def remove_stale_temps(path):
     except OSError:
         return
     for name in names:
-        if not (name.startswith(prefix) and name.endswith(".tmp")):
-            continue
-        pid = name[len(prefix):-len(".tmp")].split(".")[0]
-        # This process's own (another thread's write) or a running process's: kept.
-        # Names without a pid are from before pids were written: stale too.
-        if pid.isdigit() and (int(pid) == os.getpid() or _pid_alive(int(pid))):
-            continue
-        with contextlib.suppress(OSError):
-            os.remove(os.path.join(d, name))
+        if name.startswith(prefix) and name.endswith(".tmp"):
+            full = os.path.join(d, name)
+            if _is_stale(full, name[len(prefix):-len(".tmp")].split(".")[0]):
+                with contextlib.suppress(OSError):
+                    os.remove(full)
+
+
+def _is_stale(full, pid):
+    """Whether temp ``full`` (written by process ``pid``, a string) is a dead write."""
+    with _writing_lock:
+        if full in _writing:                  # this process is writing it now
+            return False
+    # Names without a pid are from before pids were written: stale.  Our own pid but
+    # not in _writing: an earlier process that had our pid.
+    if not pid.isdigit() or int(pid) == os.getpid() or not _pid_alive(int(pid)):
+        return True
+    try:
+        return time.time() - os.stat(full).st_mtime > STALE_AFTER_S
+    except OSError:
+        return False
 
 
 def _fsync_dir(d):
@@ -115,6 +140,8 @@ def atomic_write(path):
     d = os.path.dirname(os.path.abspath(path))
     remove_stale_temps(path)
     tmp = os.path.join(d, f"{_temp_prefix(path)}{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    with _writing_lock:
+        _writing.add(tmp)
     try:
         try:
             # O_EXCL: never opens an existing file or follows a planted link; mode
@@ -140,6 +167,9 @@ def atomic_write(path):
             # An OSError from the caller's block (e.g. f.write on a full disk).
             raise WriteError(f"{path}: cannot write ({describe_os_error(e)})") from None
         raise
+    finally:
+        with _writing_lock:
+            _writing.discard(tmp)
     _fsync_dir(d)
 
 

@@ -12,16 +12,21 @@ each epoch the held-out split is evaluated (centre crop) and the learning rate i
 divided by 10 when the validation error stops improving.
 
 Never lose a run: checkpoints (weights, optimiser, schedule, loader state, config;
-dropout masks follow from (seed, layer, step), so no generator state) are written atomically at the end of every epoch, every
-``--checkpoint-every`` steps and on Ctrl-C; ``--resume`` continues bit-identically.
-A NaN or infinite loss stops the run with one line and keeps the last good
-checkpoint.  Bad input (missing data, a checkpoint of another model, a GPU that is
-not there) gets one line, not a traceback.
+dropout masks follow from (seed, layer, step), so no generator state) are written
+atomically at the end of every epoch, every ``--checkpoint-every`` steps and on Ctrl-C
+or SIGTERM, at a step boundary (``Trainer.run`` says how); ``--resume`` continues
+bit-identically, writing only in the run directory of the command line, and refuses
+settings that contradict the run's (``resume_config``).  A NaN or infinite loss
+stops the run with one line and keeps the last good checkpoint.  What can be checked
+before the first step is (``check_run_dir``, ``check_splits``).  Bad input (missing
+data, a checkpoint of another model, a GPU that is not there) gets one line, not a
+traceback.
 
 The same ``Trainer`` drives the chapters' experiments in Python.
 """
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import io
@@ -31,6 +36,8 @@ import os
 import platform
 import signal
 import sys
+import tempfile
+import threading
 import time
 
 if __name__ == "__main__":        # the command line: CPU tuning before NumPy loads (cpu.py)
@@ -39,10 +46,12 @@ if __name__ == "__main__":        # the command line: CPU tuning before NumPy lo
 
 from . import backend, cli, data, distributed, reference
 from .backend import np
-from .checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
+from .checkpoint import (CheckpointError, check_compatible, check_training_meta,
+                         load_checkpoint, save_checkpoint)
 from .conv import autotune
-from .errors import ConfigError, MinialexnetError, TrainingDiverged
-from .files import atomic_write_text
+from .data.common import check_images, check_labels
+from .errors import ConfigError, DataError, MinialexnetError, TrainingDiverged
+from .files import atomic_write_text, describe_os_error, remove_stale_temps
 from .layers import SoftmaxCrossEntropy
 from .metrics import ErrorMeter, topk_correct
 from .models import DEFAULT_LR, build_model, default_lr, describe, model_has_dropout
@@ -232,6 +241,9 @@ class Trainer:
 
     def __init__(self, model, train, val, mean, cfg, pca=None, log=print, std="auto",
                  comm=None):
+        check_splits(train, val)                 # before the first step, not after an epoch
+        if (comm is None or comm.is_root) and cfg["out"]:
+            check_run_dir(cfg["out"])
         self.model, self.train_set, self.val_set, self.mean, self.cfg = model, train, val, mean, cfg
         self.std = input_std(train, mean, cfg) if isinstance(std, str) and std == "auto" else std
         self.log = log
@@ -254,7 +266,12 @@ class Trainer:
         self.monitor = HealthMonitor(cfg.get("health_every", 0) or 0)
         self.health = []        # health.HealthMonitor records, every health_every steps
         self.last_good_checkpoint = None
+        self._saved_at = None      # the _point() that checkpoint holds
         self._epoch_stats = self._fresh_stats()
+        self._phase = "busy"       # see _phase_as
+        self._torn = None          # "step N" after a hard stop mid-step
+        self.resumed_complete = False   # train.run: resumed a run with nothing left to do
+        self.stop_signal = None    # the signal that asked this run to stop
 
     @staticmethod
     def _fresh_stats():
@@ -296,28 +313,122 @@ class Trainer:
         ``on_epoch(row)`` is called after each epoch with its history row,
         ``on_step(step, loss)`` after every optimiser step (loss: a float).
         Returns the history.  Raises TrainingDiverged on a NaN/inf loss (the last
-        good checkpoint stays on disk) and saves a checkpoint on KeyboardInterrupt
-        before re-raising it.
+        good checkpoint stays on disk).
+
+        Ctrl-C or SIGTERM (in the main thread) only asks to stop: the current step
+        finishes, a checkpoint of that step boundary is written, one line says where,
+        and ``Interrupted`` (a KeyboardInterrupt) is raised.  During validation the
+        stop is at once (nothing to finish: the checkpoint says "validation pending").
+        A second Ctrl-C stops at once, mid-step, saving nothing (one line says which
+        checkpoint stands); during a save the save is finished first.  A library
+        error during validation (a bad image) is reported after a save, too.
         """
         epochs = self.cfg["epochs"] if epochs is None else epochs
         max_steps = self.cfg["max_steps"] if max_steps is None else max_steps
-        try:
-            while self.epoch < epochs and not (max_steps and self.step >= max_steps):
-                finished = self._run_epoch(max_steps, on_step)
-                if finished:
-                    row = self._end_epoch()
-                    if on_epoch:
-                        on_epoch(row)
-                if self.stop_agreed:        # distributed: Ctrl-C, agreed at a step's end
-                    raise KeyboardInterrupt
-        except KeyboardInterrupt:
-            path = self.save("interrupted")
-            self.log(f"interrupted at epoch {self.epoch + 1}, step {self.step}: "
-                     f"checkpoint saved to {path} (resume with --resume)")
-            raise
-        if max_steps and self.step >= max_steps and self.cfg["out"]:
-            self.save("max-steps")
+        if self._torn:
+            raise MinialexnetError(f"this Trainer was stopped in the middle of {self._torn}: "
+                                   "its state is torn; load a checkpoint to go on")
+        if self.comm.size == 1:            # a stop asked of an earlier run() is over
+            self.comm.stop_requested, self.stop_agreed, self.stop_signal = False, False, None
+        self._phase = "busy"
+        with _StopSignals(self):
+            try:
+                while True:
+                    if self._stop_requested():
+                        self._phase = "boundary"
+                        raise Interrupted(self.stop_signal or signal.SIGINT)
+                    if self.validation_pending():
+                        row = self._end_epoch()
+                        if on_epoch:
+                            with self._phase_as("boundary"):
+                                on_epoch(row)
+                        continue
+                    if not self.has_work(epochs, max_steps):
+                        break
+                    self._run_epoch(max_steps, on_step)
+                # (not again if the checkpoint holds this point: a finished run's file
+                # stays as it is)
+                if (max_steps and self.step >= max_steps and self.cfg["out"]
+                        and self._saved_at != self._point()):
+                    self.save("max-steps")
+            except KeyboardInterrupt:
+                self._report_interrupt()
+                raise
+            except MinialexnetError as e:
+                if not isinstance(e, TrainingDiverged) and self._phase in CONSISTENT_PHASES:
+                    self._save_before_reporting()
+                raise
         return self.history
+
+    def has_work(self, epochs, max_steps=None):
+        """Whether a run to ``epochs`` (and ``max_steps``) has anything left to do."""
+        if self.validation_pending():
+            return True
+        return self.epoch < epochs and not (max_steps and self.step >= max_steps)
+
+    def validation_pending(self):
+        """Every step of the current epoch is done but its validation is not: the run
+        stopped (or was killed after a save) between its last step and its end."""
+        return self.loader.epoch > self.epoch
+
+    # ------------------------------------------------------------ stopping
+    @contextlib.contextmanager
+    def _phase_as(self, phase):
+        """What the run is doing, for the signal handler and for what an exception
+        leaves behind (CONSISTENT_PHASES).  Not restored on an exception: ``run``
+        reads where it struck."""
+        before, self._phase = self._phase, phase
+        yield
+        self._phase = before
+
+    def _stop_requested(self):
+        # Distributed: only a stop agreed on at a step's end (every rank's sum).
+        return self.stop_agreed or (self.comm.size == 1 and self.comm.stop_requested)
+
+    def _on_signal(self, signum, frame):
+        """SIGINT/SIGTERM while ``run`` runs (one process, main thread; _StopSignals)."""
+        again, self.comm.stop_requested = self.comm.stop_requested, True
+        self.stop_signal = self.stop_signal or signum
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        if self._phase == "save":
+            _note(f"{name}: the checkpoint is being written; stopping once it is")
+        elif self._phase == "validate" or again:
+            raise Interrupted(signum)
+        else:
+            _note(f"{name}: stopping after this step, once its checkpoint is written "
+                  "(Ctrl-C again: stop at once, saving nothing)")
+
+    def _report_interrupt(self):
+        """One line for a KeyboardInterrupt: saved at this boundary (a consistent
+        phase), or what stands instead."""
+        where = f"epoch {self.epoch + 1}, step {self.step}"
+        if self._phase in CONSISTENT_PHASES:
+            if not self.cfg["out"]:
+                self.log(f"interrupted at {where} (no run directory: nothing saved)")
+                return
+            path = self.save("interrupted")
+            self.log(f"interrupted at {where}: checkpoint saved to {path} (resume with "
+                     f"--resume --out {self.cfg['out']})")
+        elif self._phase == "save":
+            self.log(f"interrupted at {where} while writing the checkpoint: that save "
+                     f"was abandoned; {self._what_stands()}")
+        else:
+            self._torn = f"step {self.step + 1}"
+            self.log(f"stopped at once in the middle of step {self.step + 1} (epoch "
+                     f"{self.epoch + 1}): nothing saved; {self._what_stands()}")
+
+    def _save_before_reporting(self):
+        if self.cfg["out"]:
+            path = self.save("error")
+            self.log(f"stopped at epoch {self.epoch + 1}, step {self.step}: checkpoint saved "
+                     f"to {path}; once the problem below is fixed, --resume goes on from there")
+
+    def _what_stands(self):
+        if self._saved_at is None:
+            return "no checkpoint of this run was written"
+        epoch, step, _ = self._saved_at
+        return (f"the last checkpoint, {self.last_good_checkpoint} (after {epoch} epochs, "
+                f"step {step}), stands")
 
     def _progress(self, total, initial):
         if not self.cfg["progress"] or not self.comm.is_root:
@@ -327,13 +438,16 @@ class Trainer:
                     desc=f"epoch {self.epoch + 1}/{self.cfg['epochs']}", dynamic_ncols=True)
 
     def _run_epoch(self, max_steps, on_step=None):
-        """Steps through the rest of the current epoch; True if it reached its end."""
+        """Steps through the rest of the current epoch, or until ``max_steps`` or a
+        stop request."""
         self.model.train()
+        self._phase = "busy"            # the loader advances before a batch is trained
         loader, st = self.loader, self._epoch_stats
         bar = self._progress(len(loader), loader.position)
         waited, t_last = loader.wait_time, time.perf_counter()
         try:
             for x, y in loader:
+                self._phase = "busy"            # from here on a step is in progress
                 loss, logits = self.train_step(x, y)
                 loss = float(loss)   # one sync per step: we must look at the loss anyway
                 # Distributed: every rank adds its rows' numbers (and its wish to stop)
@@ -355,6 +469,9 @@ class Trainer:
                 st["loss_sum"] += loss_sum
                 st["correct"] += int(correct)   # ties count as wrong, as in val
                 st["seen"] += int(seen)
+                self._phase = "boundary"        # the step is whole: model, loader, stats
+                if stop:
+                    self.stop_agreed = True
                 if on_step is not None:
                     on_step(self.step, loss_sum / seen)
                 if bar is not None:
@@ -365,23 +482,19 @@ class Trainer:
                 every = self.cfg["checkpoint_every"]
                 if every and self.cfg["out"] and self.step % every == 0:
                     self.save("periodic")
-                if max_steps and self.step >= max_steps:
+                if (max_steps and self.step >= max_steps) or self._stop_requested():
                     break
-                if stop:
-                    self.stop_agreed = True
-                    break
+                self._phase = "busy"            # the next batch is being fetched
         finally:
             if bar is not None:
                 bar.close()
-        if loader.position == len(loader):       # stopped exactly at the epoch's end
-            loader.load_state_dict(loader.state_dict())   # -> next epoch, position 0
-        return loader.position == 0
 
     def _end_epoch(self):
         st = self._epoch_stats
         t0 = time.perf_counter()
-        val = evaluate(self.model, self.val_set, self.cfg["crop"], self.mean, device=self.device,
-                       std=self.std, comm=self.comm)
+        with self._phase_as("validate"):    # interruptible at once: nothing is torn
+            val = evaluate(self.model, self.val_set, self.cfg["crop"], self.mean,
+                           device=self.device, std=self.std, comm=self.comm)
         row = {
             "epoch": self.epoch + 1, "step": self.step, "lr": self.optimizer.lr,
             "train_loss": st["loss_sum"] / max(st["seen"], 1),
@@ -399,6 +512,7 @@ class Trainer:
         elif self.schedule is not None:
             self.schedule.step()
         self._epoch_stats = self._fresh_stats()
+        self._phase = "boundary"        # the epoch is whole: saving it is right
         self.log(f"epoch {row['epoch']}: loss {row['train_loss']:.4f}  train err "
                  f"{row['train_error']:.3f}  val top-1 {row['val_top1']:.3f} top-5 "
                  f"{row['val_top5']:.3f}  lr {row['lr']:g}  {row['images_per_s']:.0f} img/s  "
@@ -461,14 +575,20 @@ class Trainer:
         meta["conv_algorithms"] = autotune.state()
         return arrays, meta
 
+    def _point(self):
+        """Where the run is: (epochs done, steps done, the loader's epoch)."""
+        return (self.epoch, self.step, self.loader.epoch)
+
     def save(self, why="epoch"):
-        """Write the checkpoint (distributed: every rank calls this; rank 0 writes)."""
+        """Write the checkpoint (distributed: every rank calls this; rank 0 writes).
+        A signal during the save waits for it (_on_signal)."""
         path = os.path.join(self.cfg["out"], "checkpoint.npz")
-        if self.comm.is_root:
-            arrays, meta = self.state()
-            meta["saved_because"] = why
-            save_checkpoint(self._path("checkpoint.npz"), arrays, meta)
-        self.last_good_checkpoint = path
+        with self._phase_as("save"):
+            if self.comm.is_root:
+                arrays, meta = self.state()
+                meta["saved_because"] = why
+                save_checkpoint(self._path("checkpoint.npz"), arrays, meta)
+        self.last_good_checkpoint, self._saved_at = path, self._point()
         return path
 
     def load(self, path, loaded=None):
@@ -485,8 +605,56 @@ class Trainer:
         self.health = list(meta.get("health") or [])
         self._epoch_stats = meta.get("epoch_stats") or self._fresh_stats()
         autotune.load_state(meta.get("conv_algorithms"))    # None: an older checkpoint
-        self.last_good_checkpoint = path
+        if not 0 <= self.loader.epoch - self.epoch <= 1:
+            raise CheckpointError(f"{path}: damaged or crafted metadata: the loader is in "
+                                  f"epoch {self.loader.epoch}, the run at epoch {self.epoch}")
+        self.last_good_checkpoint, self._torn = path, None
+        self._saved_at = self._point() if os.path.abspath(path) == os.path.abspath(
+            os.path.join(self.cfg["out"] or "", "checkpoint.npz")) else None
         return meta
+
+
+# Phases in which the Trainer's state is whole, so that an interruption or error
+# there can be saved: between steps, and during validation (the checkpoint then says
+# the epoch's steps are done and its validation is pending).
+CONSISTENT_PHASES = ("boundary", "validate")
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by a signal (Ctrl-C: SIGINT, a scheduler: SIGTERM), after saving
+    what could be saved.  ``signum``: the signal; the tool exits with 128 + signum."""
+
+    def __init__(self, signum=signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+
+def _note(line):
+    # From a signal handler: os.write, not print (print may be mid-line already).
+    try:
+        os.write(2, (line + "\n").encode())
+    except OSError:
+        pass
+
+
+class _StopSignals:
+    """While a Trainer runs (one process, main thread): SIGINT and SIGTERM go to
+    ``Trainer._on_signal``; the handlers before are restored afterwards.  Distributed
+    ranks keep the communicator's handlers (a flag, agreed on at step ends)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, trainer):
+        self.trainer, self.before = trainer, None
+
+    def __enter__(self):
+        if self.trainer.comm.size == 1 and threading.current_thread() is threading.main_thread():
+            self.before = {s: signal.signal(s, self.trainer._on_signal) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in (self.before or {}).items():
+            signal.signal(s, handler)
 
 
 SCHEDULES = ("plateau", "budget", "step", "none")
@@ -520,6 +688,27 @@ def make_schedule(cfg, optimizer, n_val=None):
 
 # ---------------------------------------------------------------- command line
 def parse_args(argv=None):
+    """The config the command line asks for."""
+    return parse_options(argv)[0]
+
+
+# argparse dests whose config key has another name.
+DEST_KEYS = {"layers": "model_kwargs", "no_flip": "flip", "no_progress": "progress"}
+
+
+def parse_options(argv=None):
+    """(config, the config keys set on the command line): ``run`` needs to know, on
+    resume, which settings were asked for rather than defaulted."""
+    p = _parser()
+    cfg = _config_of(p, p.parse_args(argv))
+    unset = object()                      # parsed again, no defaults: what was given
+    names = argparse.Namespace(**{a.dest: unset for a in p._actions if a.dest != "help"})
+    p.parse_args(argv, namespace=names)
+    given = {DEST_KEYS.get(d, d) for d, v in vars(names).items() if v is not unset}
+    return cfg, given
+
+
+def _parser():
     d = default_config()
     p = argparse.ArgumentParser(
         prog="python -m minialexnet.train", formatter_class=cli.HelpFormatter,
@@ -581,7 +770,17 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=cli.nonnegative_int, default=d["seed"],
                    help="seeds the init, the shuffling, the crops and dropout")
     p.add_argument("--out", default=d["out"], help="run directory: checkpoint, metrics, curves")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out bit-identically, as it was saved.  It "
+                        "keeps its model (--model, --model-kwargs, --layers, --dropout), data "
+                        "(--dataset, --n-train, --n-val, --input-scale, --pca, --no-flip), "
+                        "--batch-size, --lr, --momentum, --weight-decay, the schedule and its "
+                        "state, and --seed: any of these given with another value is refused. "
+                        "It keeps --epochs, --checkpoint-every, --health-every, --backend, "
+                        "--devices and --data-dir unless given anew (a larger --epochs trains "
+                        "longer).  --max-steps, --workers, --no-progress and --distributed "
+                        "are this command's own.  A complete run says so and writes nothing. "
+                        "Files go to --out, never to where the checkpoint was first written")
     p.add_argument("--max-steps", type=cli.positive_int, default=None,
                    help="stop after this many steps (default: no limit)")
     p.add_argument("--checkpoint-every", type=cli.nonnegative_int, default=d["checkpoint_every"],
@@ -600,7 +799,10 @@ def parse_args(argv=None):
                    help="seconds to wait for a rank at a collective before naming it "
                         "and stopping the job (before training starts at least "
                         f"{distributed.STARTUP_TIMEOUT:g})")
-    a = p.parse_args(argv)
+    return p
+
+
+def _config_of(p, a):
     try:
         model_kwargs = json.loads(a.model_kwargs)
     except json.JSONDecodeError as e:
@@ -634,9 +836,12 @@ def make_model(cfg, num_classes):
     return build_model(cfg["model"], **kwargs)
 
 
-def run(cfg, log=print):
+def run(cfg, log=print, given=None):
     """Everything the command does; returns the Trainer (tests call this directly).
 
+    ``given``: the config keys set on the command line (``parse_options``); None (from
+    Python): see ``_given_in``.  On resume they say which settings the caller asked
+    for (``resume_config``).
     With ``cfg["distributed"]`` every rank of the MPI job runs this: rank 0 alone
     reads the checkpoint to resume from (and sends it to the others) and writes
     files and logs; errors at start-up on any rank stop every rank with one line."""
@@ -649,10 +854,10 @@ def run(cfg, log=print):
     loaded = comm.together(_read_resume if comm.is_root else _nothing, cfg, ckpt, errors=USER_ERRORS)
     loaded = comm.broadcast_object(loaded)
     if loaded:
-        # The saved run defines the data and model; this call may extend epochs/steps.
-        keep = {k: cfg[k] for k in ("epochs", "max_steps", "resume", "progress", "workers",
-                                    "distributed", "rank_timeout")}
-        cfg = {**loaded[1]["config"], **keep}
+        given = _given_in(cfg) if given is None else set(given)
+        cfg = comm.together(resume_config, loaded[1]["config"], cfg, given, errors=USER_ERRORS)
+    # Before the data is read: an --out that cannot take the run's files.
+    comm.together(check_run_dir if comm.is_root else _nothing, cfg["out"], errors=USER_ERRORS)
     train, val, mean, std, pca, model, cfg = comm.together(_prepare, cfg, comm,
                                                            errors=USER_ERRORS)
     comm = distributed.with_devices(comm, model.devices)    # NCCL where the backend has it
@@ -660,6 +865,10 @@ def run(cfg, log=print):
         comm.check_same(_run_identity(train, val, mean, model))
     trainer = comm.together(_make_trainer, model, train, val, mean, std, cfg, pca, log, comm,
                             ckpt, loaded, errors=USER_ERRORS)
+    if loaded and not trainer.has_work(cfg["epochs"], cfg["max_steps"]):
+        log(_complete(trainer, cfg))         # and nothing is written
+        trainer.resumed_complete = True
+        return trainer
     if loaded:
         log(f"resumed {ckpt} at epoch {trainer.epoch}, step {trainer.step}")
     elif comm.size > 1:
@@ -693,7 +902,141 @@ def _read_resume(cfg, ckpt):
         return None
     if not ckpt or not os.path.exists(ckpt):
         raise CheckpointError(f"{ckpt}: nothing to resume (no checkpoint in --out {cfg['out']})")
-    return load_checkpoint(ckpt)          # read once: AlexNet's is 0.5 GB
+    arrays, meta = load_checkpoint(ckpt)          # read once: AlexNet's is 0.5 GB
+    check_training_meta(meta, ckpt)
+    return arrays, meta
+
+
+def _complete(trainer, cfg):
+    """The line for a resumed run that has nothing left to do."""
+    done = f"the run in {cfg['out']} is already complete"
+    if cfg["max_steps"] and trainer.step >= cfg["max_steps"]:
+        return (f"{done} up to --max-steps {cfg['max_steps']} (it is at step {trainer.step}); "
+                "nothing was written (give a larger --max-steps to train on)")
+    return (f"{done}: {trainer.epoch} of {cfg['epochs']} epochs, step {trainer.step}; nothing "
+            f"was written (to train longer: --resume --epochs N with N > {cfg['epochs']})")
+
+
+# ---------------------------------------------------------------- what resume keeps
+# The one place that says what --resume does with each setting (--help and the
+# README say the same).  A resumed run is the run it was: every setting not named
+# below is the checkpoint's, and giving it another value is refused.
+# These the saved run keeps unless given again (to extend it, or to move it):
+RESUME_MAY_CHANGE = ("epochs", "checkpoint_every", "health_every", "backend", "devices",
+                     "data_dir")
+# These are this command's own, never the checkpoint's: where the run is (the
+# checkpoint's saved "out" is never a place to write), and how this process runs.
+RESUME_THIS_COMMAND = ("out", "resume", "max_steps", "progress", "workers", "distributed",
+                       "rank_timeout")
+# Config keys whose option has another name (the others: --batch-size for batch_size).
+OPTION_NAMES = {"model_kwargs": "--model-kwargs/--layers", "flip": "--no-flip",
+                "progress": "--no-progress", "image_size": "image_size", "crop": "crop",
+                "max_reductions": "max_reductions"}
+
+
+def resume_config(saved, cfg, given):
+    """The config of a resumed run: the checkpoint's ``saved`` config, with this
+    command's RESUME_THIS_COMMAND settings and the ``given`` ones of RESUME_MAY_CHANGE.
+    A ConfigError names every other ``given`` setting whose value differs from the run's."""
+    free = RESUME_MAY_CHANGE + RESUME_THIS_COMMAND
+    differ = [k for k in sorted(given) if k in saved and k not in free
+              and cfg.get(k) is not None and _plain(cfg[k]) != _plain(saved[k])]
+    if differ:
+        raise ConfigError(
+            f"--resume continues the run in {cfg['out']} with its own settings, and these "
+            "differ from them: " + ", ".join(
+                f"{_option(k)} {_shown(cfg[k])} (the run has {_shown(saved[k])})" for k in differ)
+            + "; leave them out, or start a new run with another --out")
+    return {**saved, **{k: cfg[k] for k in RESUME_THIS_COMMAND},
+            **{k: cfg[k] for k in RESUME_MAY_CHANGE if k in given}}
+
+
+def _plain(value):
+    """``value`` as the checkpoint's JSON gives it back (tuples become lists, ...)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _shown(value):
+    return json.dumps(_plain(value)) if isinstance(value, (dict, list, tuple)) else f"{value}"
+
+
+def _option(key):
+    return OPTION_NAMES.get(key, "--" + key.replace("_", "-"))
+
+
+def _given_in(cfg):
+    """From Python, what a config asks for: its RESUME_MAY_CHANGE settings (so
+    ``epochs=4`` extends a 2-epoch run even though 4 is the default), and the keys
+    whose value is not what ``default_config`` would give (so a config that leaves
+    the model alone does not contradict the run's)."""
+    base = default_config(dataset=cfg["dataset"], model=cfg["model"])
+    given = {k for k in cfg if k in base and _plain(cfg[k]) != _plain(base[k])}
+    plain = default_config()
+    return (given | set(RESUME_MAY_CHANGE) |
+            {k for k in ("dataset", "model") if cfg[k] != plain[k]})
+
+
+# ---------------------------------------------------------------- before the first step
+# Every file a run writes in its directory.
+RUN_FILES = ("checkpoint.npz", "metrics.jsonl", "metrics.csv", "curves.png", "health.png")
+
+
+def check_run_dir(out):
+    """Make sure the run directory ``out`` (None: no files) can take the run's files
+    before anything is trained, and remove the temps that killed saves left there.
+    A ConfigError in one line: ``out`` is a file, or cannot be made or written."""
+    if not out:
+        return
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"--out {out} is a file, not a directory: give a directory for "
+                          "the run's files")
+    try:
+        os.makedirs(out, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot write the run's files there "
+                          f"({describe_os_error(e)})") from None
+    for name in RUN_FILES:
+        remove_stale_temps(os.path.join(out, name))
+
+
+def check_splits(train, val):
+    """Before the first step, what would otherwise fail (or silently mislead) only
+    after an epoch of work: validation images unlike the training images, labels out
+    of range, classes the two splits do not share.  A DataError in one line."""
+    src = f"the validation set ({val.name} {val.split})"
+    if len(val) == 0:
+        raise DataError(f"{src} is empty")
+    check_labels(np.asarray(train.y), train.num_classes, f"the training set ({train.name})",
+                 n=len(train.x))
+    if isinstance(val.x, np.ndarray):
+        check_images(val.x, src)
+        if val.x.dtype != np.uint8:
+            raise DataError(f"{src}: images are {val.x.dtype}; expected uint8 (N, H, W, 3) "
+                            "like the training images")
+    for path in getattr(val.x, "paths", ()):          # lazy files: at least there
+        if not os.path.isfile(path):
+            raise DataError(f"{src}: image {path}: file not found")
+    if tuple(val.x.shape[1:]) != tuple(train.x.shape[1:]):
+        raise DataError(f"{src}: images are {tuple(val.x.shape[1:])}, the training images "
+                        f"{tuple(train.x.shape[1:])}: both splits need one image size")
+    if list(val.class_names) != list(train.class_names):
+        i = next((i for i, (a, b) in enumerate(zip(val.class_names, train.class_names))
+                  if a != b), min(len(val.class_names), len(train.class_names)))
+        raise DataError(f"{src}: its classes are not the training set's (class {i}: "
+                        f"{_name(val.class_names, i)} vs {_name(train.class_names, i)})")
+    y = check_labels(np.asarray(val.y), train.num_classes, src, n=len(val.x))
+    missing = np.setdiff1d(np.unique(y), np.unique(np.asarray(train.y)))
+    if len(missing):
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DataError(f"{src}: class {train.class_names[missing[0]]!r} (label {missing[0]}) "
+                        f"has no training images{more}: the net could never learn it")
+
+
+def _name(names, i):
+    return repr(names[i]) if i < len(names) else "none"
 
 
 def _prepare(cfg, comm):
@@ -729,24 +1072,27 @@ def _quiet(*args, **kwargs):
 
 
 def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+    raise Interrupted(signum)
 
 
 def main(argv=None):
-    cfg = parse_args(argv)
-    # A SIGTERM (a job scheduler stopping us) is treated like Ctrl-C: save, then exit.
-    signal.signal(signal.SIGTERM, _interrupt)
+    cfg, given = parse_options(argv)
+    # A SIGTERM (a job scheduler stopping us) is treated like Ctrl-C: before training
+    # it stops at once; during training Trainer.run saves at a step boundary first.
+    before = signal.signal(signal.SIGTERM, _interrupt)
     # Distributed: rank 0 prints what every rank found; a rank alone with an error
     # prints it and stops the job (distributed.report).
     try:
-        trainer = run(cfg)
-    except KeyboardInterrupt:
-        return 130
+        trainer = run(cfg, given=given)
+    except KeyboardInterrupt as e:
+        return 128 + getattr(e, "signum", signal.SIGINT)
     except TrainingDiverged as e:           # distributed: every rank, at the same step
         return distributed.report(f"stopped: {e}", 1, collective=True)
     except USER_ERRORS as e:
         return distributed.report(f"error: {e}", 2, getattr(e, "collective", False))
-    if trainer.history and trainer.comm.is_root:
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    if trainer.history and trainer.comm.is_root and not trainer.resumed_complete:
         last = trainer.history[-1]
         print(f"done: {trainer.epoch} epochs, {trainer.step} steps; val top-1 error "
               f"{last['val_top1']:.3f}, top-5 {last['val_top5']:.3f}; files in {cfg['out']}")

@@ -50,8 +50,8 @@ def main():
 
     real_run = train.run
 
-    def run(cfg, log=print):
-        t = real_run(cfg, log)
+    def run(cfg, log=print, given=None):
+        t = real_run(cfg, log, given)
         if a.dump:
             arrays = {f"model.{k}": v for k, v in t.model.state_dict().items()}
             arrays.update({f"optim.{k}": v for k, v in t.optimizer.state_dict()["velocity"].items()})

@@ -326,6 +326,33 @@ def test_loader_resume_is_bit_identical_with_augmentation():
         assert np.array_equal(a, b) and np.array_equal(ya, yb)
 
 
+@pytest.mark.parametrize("workers", [1, 3])
+@pytest.mark.parametrize("stop_after", [1, 5, 6, 7])    # 6 batches an epoch: mid, last, next
+def test_a_break_out_of_the_loader_loses_and_repeats_no_batch(stop_after, workers):
+    """Issue 14: a ``break`` after the epoch's last batch used to leave the loader at
+    (epoch 0, position 6), so the next ``for`` gave an empty epoch.  After any break
+    the next ``for`` goes on with exactly the batch an unbroken run would give."""
+    x, y = _tiny(50)
+    ref = Loader(x, y, 8, seed=1, drop_last=True)
+    straight = [yb for _ in range(3) for _, yb in ref]          # epochs 0, 1 and 2
+    ld = Loader(x, y, 8, seed=1, drop_last=True, workers=workers, prefetch=3)
+    got = []
+    while len(got) < stop_after:            # one ``for`` is (the rest of) one epoch
+        for _, yb in ld:
+            got.append(yb)
+            if len(got) == stop_after:
+                break
+    assert ld.state_dict() == {"seed": 1, "epoch": stop_after // 6, "position": stop_after % 6}
+    while len(got) < len(straight):         # fresh ``for`` loops go on from there
+        more = [yb for _, yb in ld]
+        assert more, "a fresh for gave an empty epoch"
+        got += more
+    assert len(got) == len(straight)
+    for a, b in zip(straight, got):
+        np.testing.assert_array_equal(a, b)
+    assert (ld.epoch, ld.position) == (3, 0)
+
+
 def test_loader_prefetches_in_background_and_times_the_wait():
     x, y = _tiny(40)
 

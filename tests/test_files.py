@@ -144,6 +144,40 @@ def test_temps_of_killed_saves_are_removed_by_the_next_save(tmp_path):
     assert load_checkpoint(p)[0]["w"].shape == (3,)
 
 
+def test_temps_of_a_killed_process_with_our_pid_or_a_reused_pid_are_removed_too(tmp_path):
+    """Issue 14: temps piled up when the restarted run got the killed one's pid (a
+    container's) or when its pid was reused by another process.  A write of this
+    process in progress (another thread's) is kept."""
+    import threading
+    p = tmp_path / "checkpoint.npz"
+    ours = tmp_path / f".checkpoint.npz.{os.getpid()}.1a2b3c4d.tmp"        # killed, same pid
+    reused = tmp_path / f".checkpoint.npz.{os.getppid()}.5e6f7a8b.tmp"     # pid now alive
+    fresh = tmp_path / f".checkpoint.npz.{os.getppid()}.9c0d1e2f.tmp"      # a live writer's
+    for f in (ours, reused, fresh):
+        f.write_bytes(b"x" * 1000)
+    old = os.stat(reused).st_mtime - files.STALE_AFTER_S - 60
+    os.utime(reused, (old, old))
+    writing, release = threading.Event(), threading.Event()
+
+    def slow_writer():
+        with files.atomic_write(p) as f:
+            f.write(b"y")
+            writing.set()
+            release.wait(30)
+    t = threading.Thread(target=slow_writer)
+    t.start()
+    try:
+        assert writing.wait(30)
+        [mine] = [n for n in os.listdir(tmp_path) if n.endswith(".tmp") and
+                  n.startswith(f".checkpoint.npz.{os.getpid()}.") and n != ours.name]
+        files.remove_stale_temps(p)
+        left = sorted(os.listdir(tmp_path))
+    finally:
+        release.set()
+        t.join()
+    assert left == sorted([fresh.name, mine])
+
+
 @pytest.fixture
 def tiny_disk(tmp_path):
     """A real 64 KiB tmpfs (needs root and mount); skipped where that is not possible."""

@@ -42,8 +42,9 @@ class Loader:
     shard: (rank, ranks): hand out only this rank's rows of each batch (see above);
     ``batch_size`` must divide into equal shares.
 
-    ``for x, y in loader`` runs the rest of the current epoch and then moves to the
-    next.  ``len(loader)`` is the number of batches per epoch.
+    ``for x, y in loader`` runs the rest of the current epoch: after a ``break`` the
+    next ``for`` goes on where it stopped (with the next epoch if the last batch had
+    been handed out).  ``len(loader)`` is the number of batches per epoch.
     """
 
     def __init__(self, x, y, batch_size, transform=None, seed=0, shuffle=True,
@@ -127,14 +128,22 @@ class Loader:
                 t0 = time.perf_counter()
                 xb, yb = pending.popleft().result()   # re-raises a worker's exception
                 self.wait_time += time.perf_counter() - t0
-                self.position += 1
+                self._advance()
                 self.images += len(yb)
                 yield xb, yb
-            self.epoch, self.position = epoch + 1, 0
         finally:
             for f in pending:                   # consumer stopped early: drop the rest
                 f.cancel()
             pool.shutdown(wait=True)
+
+    def _advance(self):
+        """One more batch handed out.  Handing out an epoch's last batch moves to the
+        next epoch at once (not when the ``for`` asks for one more): so a ``break``
+        after the last batch, a ``state_dict`` then, and the next ``for`` all see the
+        next epoch, and (epoch + 1, 0) is the one way to say "epoch done"."""
+        self.position += 1
+        if self.position == len(self):
+            self.epoch, self.position = self.epoch + 1, 0
 
     def state_dict(self):
         """JSON-able resume state: {"seed", "epoch", "position"} (position = batches of
