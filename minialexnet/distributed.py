@@ -606,6 +606,9 @@ def report(line, code, collective):
             print(line, file=sys.stderr, flush=True)
         return code
     print(f"{line} (on rank {comm.rank})", file=sys.stderr, flush=True)
+    # The launcher forwards our stderr through a pipe; MPI_Abort tears the job down at
+    # once and can drop a line still in that pipe (seen under load): give it a moment.
+    time.sleep(0.5)
     comm.abort(code)
     return code
 
