@@ -186,9 +186,8 @@ def test_removing_any_one_transfer_fails(monkeypatch, layers):
 
 
 # ---------------------------------------------------------------- per-device RNG on CuPy
-def test_cupy_backend_has_one_generator_per_device():
-    """CuPy refuses a Generator under another device than the one it was made on, so
-    tower 1's dropout on GPU 1 needs GPU 1's generator.  Checked with a stand-in cupy."""
+def _device_stand_in():
+    """([current device id], a stand-in for cupy.cuda.Device that switches it)."""
     current = [0]
 
     class Device:
@@ -200,6 +199,14 @@ def test_cupy_backend_has_one_generator_per_device():
 
         def __exit__(self, *exc):
             current[0] = self.prev
+
+    return current, Device
+
+
+def test_cupy_backend_has_one_generator_per_device():
+    """CuPy refuses a Generator under another device than the one it was made on, so
+    tower 1's dropout on GPU 1 needs GPU 1's generator.  Checked with a stand-in cupy."""
+    current, Device = _device_stand_in()
 
     made = []
 
@@ -224,17 +231,7 @@ def test_cupy_keyed_generators_are_made_on_the_current_device():
     """B4 on CuPy: a dropout mask's generator is made from (seed, *key) alone, on the
     device that is current (tower 1's on GPU 1), with calls real CuPy has."""
     import cupy_surface
-    current = [0]
-
-    class Device:
-        def __init__(self, i=None):
-            self.id = current[0] if i is None else i
-
-        def __enter__(self):
-            self.prev, current[0] = current[0], self.id
-
-        def __exit__(self, *exc):
-            current[0] = self.prev
+    current, Device = _device_stand_in()
 
     rec = cupy_surface.Recorder()
 
