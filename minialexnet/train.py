@@ -321,7 +321,8 @@ class Trainer:
         stop is at once (nothing to finish: the checkpoint says "validation pending").
         A second Ctrl-C stops at once, mid-step, saving nothing (one line says which
         checkpoint stands); during a save the save is finished first.  A library
-        error during validation (a bad image) is reported after a save, too.
+        error while a training batch is made or during validation (a bad image) is
+        reported after a save, too.
         """
         epochs = self.cfg["epochs"] if epochs is None else epochs
         max_steps = self.cfg["max_steps"] if max_steps is None else max_steps
@@ -445,8 +446,10 @@ class Trainer:
         loader, st = self.loader, self._epoch_stats
         bar = self._progress(len(loader), loader.position)
         waited, t_last = loader.wait_time, time.perf_counter()
+        batches = iter(loader)
         try:
-            for x, y in loader:
+            while (batch := self._next_batch(batches)) is not None:
+                x, y = batch
                 self._phase = "busy"            # from here on a step is in progress
                 loss, logits = self.train_step(x, y)
                 loss = float(loss)   # one sync per step: we must look at the loss anyway
@@ -488,6 +491,19 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+
+    def _next_batch(self, batches):
+        """The loader's next batch, or None at the end of the epoch.  A library error
+        while a batch is made (a bad training image) strikes before the loader counts
+        the batch as handed out, so the run is still at the last step's boundary: it
+        is saved before the error is reported (``run``)."""
+        try:
+            return next(batches)
+        except StopIteration:
+            return None
+        except MinialexnetError:
+            self._phase = "boundary"
+            raise
 
     def _end_epoch(self):
         st = self._epoch_stats

@@ -183,6 +183,30 @@ def test_an_error_during_validation_is_reported_after_a_save(tmp_path, monkeypat
     assert_same_run(tmp_path / "run" / "checkpoint.npz", straight)
 
 
+def test_a_bad_training_image_mid_epoch_is_reported_after_a_save(tmp_path, monkeypatch,
+                                                                 straight):
+    """A training image that cannot be read in the middle of an epoch (batch 3 of 4):
+    the two steps before it are saved, the loader still pointing at the bad batch,
+    and once the image is mended resume goes on as if nothing had happened."""
+    real = data.Loader.make_batch
+
+    def make_batch(self, epoch, b, order=None):
+        if (epoch, b) == (0, 2):
+            raise DataError("train/img42.png: cannot decode (truncated file)")
+        return real(self, epoch, b, order)
+    monkeypatch.setattr(data.Loader, "make_batch", make_batch)
+    lines = []
+    with pytest.raises(DataError, match="img42"):
+        train.run(cfg(tmp_path / "run"), log=lines.append)
+    monkeypatch.undo()
+    assert any("checkpoint saved to" in line for line in lines), lines
+    _, meta = weights(tmp_path / "run" / "checkpoint.npz")
+    assert (meta["epoch"], meta["step"], meta["saved_because"]) == (0, 2, "error")
+    assert (meta["loader"]["epoch"], meta["loader"]["position"]) == (0, 2)
+    train.run(cfg(tmp_path / "run", resume=True), log=quiet)
+    assert_same_run(tmp_path / "run" / "checkpoint.npz", straight)
+
+
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_the_command_stops_at_a_step_boundary_with_one_line(tmp_path, monkeypatch, capsys,
                                                             sig, code):
