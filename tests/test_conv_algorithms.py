@@ -259,6 +259,7 @@ def test_auto_times_each_candidate_once_per_shape_and_keeps_the_fastest(monkeypa
     calls = []
     times = {"im2col": 3.0, "fft": 2.0, "winograd": 1.0, "winograd4": 4.0}
     monkeypatch.setattr(Conv2D, "_measure", fake_measure(times, calls))
+    monkeypatch.setattr(autotune, "rounds", 1)        # (rounds: the test below)
     layer = Conv2D(4, 3, 3, padding=1, algorithm="auto")
     x = rnd(2, 4, 6, 6)
     layer.forward(x)
@@ -307,6 +308,20 @@ def test_auto_timing_for_real_leaves_the_layer_as_a_plain_forward_would():
     got = (y, layer.backward(dy), layer.grads["W"], layer.grads["b"])
     for g, w in zip(got, want):
         assert rel_err(g, w) < BOUND[chosen]
+
+
+def test_choose_takes_rounds_in_turn_and_the_fastest_round_counts(monkeypatch):
+    """A load that struck one candidate's timing does not decide: im2col's second
+    round was slow (busy cores), its first the fastest of all."""
+    order, seconds = [], {"im2col": [1.0, 5.0], "fft": [2.0, 2.0], "winograd": [3.0, 3.0]}
+
+    def measure(name):
+        order.append(name)
+        return seconds[name][sum(n == name for n in order) - 1]
+    monkeypatch.setattr(autotune, "rounds", 2)
+    assert autotune.choose("k", list(seconds), measure) == "im2col"
+    assert order == ["im2col", "fft", "winograd"] * 2
+    assert autotune.timings()["k"] == {"im2col": 1.0, "fft": 2.0, "winograd": 3.0}
 
 
 def test_a_timing_is_one_warm_up_then_the_fastest_of_repeats(monkeypatch):

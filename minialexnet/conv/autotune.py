@@ -44,6 +44,10 @@ VERSION = 1
 
 #: Timed runs per candidate after its warm-up run (the fastest counts).
 repeats = 1
+#: Rounds of timing, the candidates in turn within each: a load that comes and goes
+#: (another process on the same cores) then falls on every candidate alike, not on
+#: whichever was being timed at that moment.  The fastest round counts.
+rounds = 2
 
 _choices = {}        # key -> algorithm name
 _timings = {}        # key -> {algorithm: seconds} (this process's measurements only)
@@ -80,8 +84,9 @@ def choice(k):
 
 def choose(k, candidates, measure):
     """The algorithm for key ``k``: the remembered one, else the fastest of
-    ``candidates`` by ``measure(name) -> seconds`` (ties: the first; one that runs
-    out of memory counts as infinitely slow), remembered."""
+    ``candidates`` by ``measure(name) -> seconds``, the fastest of ``rounds`` rounds
+    taken in turn (ties: the first; one that runs out of memory counts as infinitely
+    slow and is not tried again), remembered."""
     name = _choices.get(k)
     if name is not None:
         if name not in candidates:
@@ -89,12 +94,16 @@ def choose(k, candidates, measure):
                               f"does not apply to it (applicable: {', '.join(candidates)})")
         return name
     t0 = time.perf_counter()
-    times = {}
-    for c in candidates:
-        try:
-            times[c] = measure(c)
-        except MemoryError:       # (CuPy's OutOfMemoryError too): as cuDNN, skip it
-            times[c] = float("inf")
+    times = dict.fromkeys(candidates, float("inf"))
+    out_of_memory = set()
+    for _ in range(max(1, rounds)):
+        for c in candidates:
+            if c in out_of_memory:
+                continue
+            try:
+                times[c] = min(times[c], measure(c))
+            except MemoryError:   # (CuPy's OutOfMemoryError too): as cuDNN, skip it
+                out_of_memory.add(c)
     _tune_seconds[0] += time.perf_counter() - t0
     best = min(candidates, key=lambda c: times[c])      # min keeps the first of ties
     _choices[k], _timings[k] = best, times
