@@ -96,7 +96,8 @@ def run_job(job, train_set, val_set, results_dir, runs_dir, log=print, after=Non
     backend.use(cfg["backend"], seed=cfg["seed"], devices=cfg["devices"])
     mean = data.mean_image(train_set.x, data.stats_file(train_set, "mean"), progress_bar=False)
     model = train.make_model(cfg, train_set.num_classes)
-    trainer = train.Trainer(model, train_set, val_set, mean.astype(np.float32), cfg, log=log)
+    trainer = train.Trainer(model, train_set, val_set, mean.astype(np.float32), cfg,
+                            pca=train.colour_pca(train_set, cfg), log=log)
     ckpt = os.path.join(out, "checkpoint.npz")
     spent = 0.0
     if os.path.exists(ckpt):

@@ -134,8 +134,13 @@ def prepare_data(cfg):
     val = data.load_dataset(name, split="test", n=cfg["n_val"], **kw)
     mean = data.mean_image(train.x, data.stats_file(train, "mean"), progress_bar=cfg["progress"])
     std = input_std(train, mean, cfg)
-    pca = data.pca_fit(train.x, cache_file=data.stats_file(train, "pca")) if cfg["pca"] else None
-    return train, val, mean.astype(np.float32), std, pca
+    return train, val, mean.astype(np.float32), std, colour_pca(train, cfg)
+
+
+def colour_pca(train, cfg):
+    """The PCA of the training pixels for the colour noise of section 4.1 (cached
+    beside the mean image), or None when ``cfg["pca"]`` is off."""
+    return data.pca_fit(train.x, cache_file=data.stats_file(train, "pca")) if cfg["pca"] else None
 
 
 INPUT_SCALES = ("unit", "paper")

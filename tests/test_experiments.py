@@ -99,3 +99,21 @@ def test_a_diverged_job_is_an_outcome_kept_with_its_health(tmp_path):
     assert len(rec["health"]) >= 1
     again = experiments.load_record(str(tmp_path / "r"), "d")
     assert again["diverged"] == rec["diverged"]
+
+
+@pytest.mark.parametrize("pca", [False, True])
+def test_a_job_trains_with_the_colour_noise_its_config_asks_for(tmp_path, monkeypatch, pca):
+    """``pca=True`` in a job's config reaches the training transform (section 4.1),
+    as it does for ``python -m minialexnet.train --pca``."""
+    from minialexnet import train
+    seen = []
+    real = train.Trainer.__init__
+
+    def init(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        seen.append(self.loader.transform.pca)
+    monkeypatch.setattr(train.Trainer, "__init__", init)
+    tr, val = _sets()
+    experiments.run_job(experiments.Job("j", dict(CFG, epochs=1, pca=pca)), tr, val,
+                        str(tmp_path / "res"), str(tmp_path / "runs"), log=lambda *a: None)
+    assert len(seen) == 1 and (seen[0] is not None) == pca
