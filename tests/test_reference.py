@@ -257,9 +257,9 @@ def step_pair(kind, devices, make=None, spec=None):
 @pytest.mark.parametrize("fuse", [True, False])
 def test_towers_sharing_an_input_on_one_device(monkeypatch, input_grad, fuse):
     """conv1 after the broadcast (and conv3 after the exchange) read one array on one
-    device: fast stacks the towers' kernels into one Conv2D (SharedInputConvs) and
-    hands tower 0 the summed dx; the reference runs each tower and adds at the
-    transfer.  Same numbers either way."""
+    device: fast stacks the towers' kernels into one Conv2D (SharedInputConvs) for
+    the output and dW, db, and each tower makes its own dx; the reference runs each
+    tower.  Both add the towers' dx at the transfer.  Same numbers either way."""
     monkeypatch.setattr(towers.TowerLayer, "fuse_shared_input", fuse)
     spec = dict(kind="conv", cin=3, cout=4, k=3, s=2, p=1)
     out = []
