@@ -237,6 +237,8 @@ class Trainer:
     channel std of the "unit" input scale; "auto" (default) computes it from ``train``
     when cfg["input_scale"] is "unit" and uses None (raw pixels) when it is "paper".
     ``history`` is a list of per-epoch dicts (loss, errors, lr, seconds, images/s).
+    A model built with ``input_grad=False`` (as ``make_model`` builds) skips the
+    image's gradient, which training never uses.
     """
 
     def __init__(self, model, train, val, mean, cfg, pca=None, log=print, std="auto",
@@ -295,8 +297,8 @@ class Trainer:
             y = backend.to_device(y, home)
             loss = self.criterion.forward(logits, y)
             dlogits = self.criterion.backward()
-        # Training never needs dL/d(image): skip conv1's most expensive product.
-        self.model.backward(dlogits, input_grad=False)
+        # dL/d(image) only if the model was built with input_grad (make_model: not).
+        self.model.backward(dlogits)
         grads = self.model.grads()
         self.comm.allreduce_mean(grads.values())   # distributed: the ranks' mean gradient
         self.optimizer.step(grads)
@@ -833,6 +835,8 @@ def make_model(cfg, num_classes):
     kwargs.setdefault("input_size", cfg["crop"])
     if cfg["devices"] is not None:
         kwargs.setdefault("devices", tuple(cfg["devices"]))
+    # Training never needs dL/d(image): skip conv1's most expensive product.
+    kwargs.setdefault("input_grad", False)
     return build_model(cfg["model"], **kwargs)
 
 

@@ -81,8 +81,9 @@ def test_conv_paths_agree_and_check(path, cin, cout, k, stride, pad):
 
 @pytest.mark.parametrize("fwd,bwd", [(False, True), (True, False)])
 def test_conv_chunking_may_change_between_forward_and_backward(fwd, bwd):
-    """Network.backward sets needs_input_grad after forward, and with the transposed
-    dx that changes the chunk size: kept columns must only be used when they fit."""
+    """needs_input_grad set by hand between forward and backward changes the chunk
+    size (with the transposed dx): kept columns must only be used when they fit.
+    (Models fix it when they are built: tests/test_models.py.)"""
     x = rnd(5, 2, 9, 8)
     ref, layer = Conv2D(2, 6, 3, dtype=np.float64), Conv2D(2, 6, 3, dtype=np.float64)
     layer.params = {k: v.copy() for k, v in ref.params.items()}

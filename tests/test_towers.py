@@ -362,9 +362,9 @@ def test_lrn_across_the_tower_boundary_would_differ():
     assert not torch.allclose(grouped, whole)
 
 
-def _run(model, x, dlogits, input_grad):
+def _run(model, x, dlogits):
     logits = model.forward(x)
-    dx = model.backward(dlogits, input_grad=input_grad)
+    dx = model.backward(dlogits)
     return logits, dx, {k: v.copy() for k, v in model.grads().items()}
 
 
@@ -373,12 +373,12 @@ def test_shared_input_convolutions_are_the_towers_convolutions(monkeypatch, inpu
     """On one device conv1 and conv3 run as one stacked conv: same numbers (float64)."""
     x = images().astype(np.float64)
     dlogits = np.random.default_rng(1).standard_normal((3, 10))
-    model = tiny((0, 0), dtype=np.float64).eval()
-    fused = _run(model, x, dlogits, input_grad)
+    model = tiny((0, 0), dtype=np.float64, input_grad=input_grad).eval()
+    fused = _run(model, x, dlogits)
     shared = [s.name for s in model.steps if getattr(s, "stacked", None) is not None]
     assert shared == ["conv1", "conv3"]
     monkeypatch.setattr(towers.TowerLayer, "fuse_shared_input", False)
-    plain = _run(model, x, dlogits, input_grad)
+    plain = _run(model, x, dlogits)
     assert not any(getattr(s, "stacked", None) for s in model.steps)
     np.testing.assert_allclose(fused[0], plain[0], rtol=1e-12, atol=1e-14)
     if input_grad:
@@ -390,7 +390,7 @@ def test_shared_input_convolutions_are_the_towers_convolutions(monkeypatch, inpu
                                    err_msg=name)
 
 
-def _received(model, monkeypatch, x, dlogits, input_grad):
+def _received(model, monkeypatch, x, dlogits):
     """What each Broadcast and Exchange step's backward receives: {step: [dy per tower]}."""
     got = {}
     with monkeypatch.context() as m:
@@ -401,7 +401,7 @@ def _received(model, monkeypatch, x, dlogits, input_grad):
             m.setattr(cls, "backward", spy)
         model.set_draw(0)                        # the same dropout masks every time
         model.forward(x)
-        model.backward(dlogits, input_grad=input_grad)
+        model.backward(dlogits)
     return got
 
 
@@ -411,11 +411,11 @@ def test_fusion_does_not_change_what_the_transfer_steps_receive(monkeypatch, inp
     (None for conv1 without dx): tower by tower the same list (float64)."""
     x = images().astype(np.float64)
     dlogits = np.random.default_rng(1).standard_normal((3, 10))
-    model = tiny((0, 0), dtype=np.float64)
-    fused = _received(model, monkeypatch, x, dlogits, input_grad)
+    model = tiny((0, 0), dtype=np.float64, input_grad=input_grad)
+    fused = _received(model, monkeypatch, x, dlogits)
     assert [s.name for s in model.steps if getattr(s, "stacked", None)] == ["conv1", "conv3"]
     monkeypatch.setattr(towers.TowerLayer, "fuse_shared_input", False)
-    apart = _received(model, monkeypatch, x, dlogits, input_grad)
+    apart = _received(model, monkeypatch, x, dlogits)
     assert sorted(fused) == sorted(apart) == ["exchange3", "exchange6", "exchange7", "to_towers"]
     for name in apart:
         for i, (a, b) in enumerate(zip(fused[name], apart[name])):

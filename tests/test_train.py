@@ -2,6 +2,7 @@
 
 import json
 import os
+import types
 
 import numpy as np
 import pytest
@@ -250,6 +251,14 @@ def packed_imagenette(root, side=224):
     make_jpeg_container(d / "imagenette224_train_0.npz", rgb_images(4, side, 1), [0, 1, 2, 3], names)
     make_jpeg_container(d / "imagenette224_val.npz", rgb_images(2, side, 2), [0, 1], names)
     return root
+
+
+def test_the_trainer_s_model_makes_no_image_gradient(tmp_path):
+    """make_model builds with input_grad=False: training never needs dL/d(image)."""
+    model = train.make_model(train.fit_sizes(cfg(tmp_path), types.SimpleNamespace(
+        image_shape=(32, 32, 3))), 10)
+    assert model.input_grad is False
+    assert not any(l.needs_input_grad for l in model._input_layers())
 
 
 def test_packed_imagenette_is_not_upscaled(tmp_path, monkeypatch):
