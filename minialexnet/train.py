@@ -1067,8 +1067,9 @@ def _run_identity(train, val, mean, model):
 
 
 def _gpus(devices):
-    b = backend.current()
-    return [int(d) + getattr(b, "offset", 0) for d in devices] if b.name == "cupy" else "none"
+    """The GPUs the model's ``devices`` are on this rank (for the log), or "none"."""
+    ids = backend.current().gpu_ids(devices)
+    return "none" if ids is None else ids
 
 
 def _quiet(*args, **kwargs):
