@@ -19,6 +19,7 @@ class Step:
 
     def __init__(self, arch, b, px, classes, train=True, tiny=False, **kw):
         backend.seed(0)                  # the caller chose the backend (and devices)
+        kw.setdefault("input_grad", False)     # as train.py: no dL/d(image)
         self.model = make_model(arch, px, classes, tiny, **kw)
         self.train = train
         if not train:
@@ -46,7 +47,7 @@ class Step:
             backend.synchronize()
             return
         self.loss.forward(logits, self.y)
-        self.model.backward(self.loss.backward(), input_grad=False)
+        self.model.backward(self.loss.backward())
         self.opt.step()
         backend.synchronize()
 

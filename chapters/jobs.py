@@ -20,7 +20,7 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from minialexnet import data, experiments, notebook, train   # noqa: E402
+from minialexnet import data, experiments, inference, notebook, train   # noqa: E402
 from minialexnet.backend import np   # noqa: E402
 
 FAST = notebook.fast_mode()
@@ -67,8 +67,8 @@ def ch08_final(test_set):
     """After training: centre-crop and ten-crop top-1/top-5 on the test set."""
     def after(trainer):
         m, s, crop = trainer.mean, trainer.std, trainer.cfg["crop"]
-        centre = train.evaluate(trainer.model, test_set, crop, m, std=s)
-        ten = train.evaluate(trainer.model, test_set, crop, m, ten_crop=True, std=s)
+        centre = inference.evaluate(trainer.model, test_set, crop, m, std=s)
+        ten = inference.evaluate(trainer.model, test_set, crop, m, ten_crop=True, std=s)
         return {"n_test": len(test_set), "centre": centre, "ten_crop": ten}
     return after
 

@@ -38,8 +38,8 @@ class Backend:
     ``integers`` are used, since CuPy's Generator has no ``normal``,
     ``permutation`` or ``choice``).
 
-    What the backend can do, so that no code asks for its name: ``host_threads``
-    and ``prefers_cache_blocking`` (below).
+    What the backend can do, so that no code asks for its name: ``host_threads``,
+    ``prefers_cache_blocking``, ``nccl`` and ``gpu_ids`` (below).
     """
 
     # What the backend offers for training across processes: the NCCL module (None
@@ -84,6 +84,11 @@ class Backend:
     def device_of(self, x):
         """The device index an array lives on (always 0 for NumPy)."""
         return 0
+
+    def gpu_ids(self, devices):
+        """The GPUs, as CUDA numbers them, behind the device indices ``devices`` (a
+        rank's own GPUs in a distributed log line); None: the devices are no GPUs."""
+        return None
 
     def to_device(self, x, i):
         """Copy ``x`` to device ``i``; on NumPy there is one device, so no copy."""
@@ -172,6 +177,9 @@ class CupyBackend(Backend):
 
     def device_of(self, x):
         return x.device.id - self.offset
+
+    def gpu_ids(self, devices):
+        return [int(d) + self.offset for d in devices]
 
     def _check_index(self, i):
         n = self.device_count()

@@ -12,7 +12,7 @@ if __name__ == "__main__":        # the command line: CPU tuning before NumPy lo
     from .cpu import tune
     tune()
 
-from . import backend, cli, data
+from . import backend, cli, data, inference
 from .errors import MinialexnetError
 from .predict import load_model
 
@@ -36,7 +36,6 @@ def main(argv=None):
     p.add_argument("--device", type=cli.nonnegative_int, default=0, help="GPU number (cupy)")
     p.add_argument("--no-ten-crop", action="store_true", help="centre crop only (faster)")
     a = p.parse_args(argv)
-    from .train import evaluate
     try:
         backend.use(a.backend, devices=[a.device])
         model, meta, mean, std = load_model(a.checkpoint, device=a.device)
@@ -49,11 +48,12 @@ def main(argv=None):
                                  f"{len(meta['class_names'])}")
         print(f"{a.checkpoint}: {cfg['model']} after {meta['epoch']} epochs; "
               f"{len(ds)} {name} {ds.split} images")
-        rows = [("centre crop", evaluate(model, ds, cfg["crop"], mean, a.batch_size,
-                                         device=a.device, std=std))]
+        rows = [("centre crop", inference.evaluate(model, ds, cfg["crop"], mean, a.batch_size,
+                                                   device=a.device, std=std))]
         if not a.no_ten_crop:
-            rows.append(("ten-crop", evaluate(model, ds, cfg["crop"], mean, a.batch_size,
-                                              ten_crop=True, device=a.device, std=std)))
+            rows.append(("ten-crop", inference.evaluate(model, ds, cfg["crop"], mean,
+                                                        a.batch_size, ten_crop=True,
+                                                        device=a.device, std=std)))
     except MinialexnetError as e:       # a user's mistake; anything else is a bug: traceback
         print(f"error: {e}", file=sys.stderr)
         return 2

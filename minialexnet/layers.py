@@ -192,6 +192,13 @@ def _empty4(shape, dtype, channels_last):
     return xp.empty((N, H, W, C), dtype=dtype).transpose(0, 3, 1, 2)
 
 
+def _nhwc(x):
+    """The NCHW-shaped ``x`` as a C-contiguous (N, H, W, C) array: a view of a
+    channels-last ``x`` (what Conv2D outputs), else a copy."""
+    xh = x.transpose(0, 2, 3, 1)
+    return xh if xh.flags.c_contiguous else backend.xp().ascontiguousarray(xh)
+
+
 def _min_rows(x, min_bytes=1 << 18):
     """Rows of ``x`` per thread below which threads cost more than they save."""
     row = max(1, x[0].size * x.itemsize) if x.ndim and x.shape[0] else 1
@@ -247,7 +254,8 @@ class Conv2D(Layer):
       over the images of the chunk; the matrix multiplies use BLAS's threads.
 
     ``needs_input_grad = False`` (for a network's first layer, whose input is the
-    image) makes ``backward`` skip dx and return None.
+    image) makes ``backward`` skip dx and return None.  ``input_grad(dy, shape)``
+    computes dx alone, without a forward (``towers.SharedInputConvs``).
 
     Against the reference (one NCHW im2col, GEMM and col2im on fresh arrays): reused
     column buffers took conv1 from 1.45x to 1.11x torch's time (a fresh 100-200 MB
@@ -383,7 +391,12 @@ class Conv2D(Layer):
         return W.transpose(0, 2, 3, 1).reshape(self.out_channels, -1)  # a small copy
 
     def _plan(self, x):
-        N, C, H, W = x.shape
+        return self._plan_of(x.shape, x.dtype)
+
+    def _plan_of(self, shape, dtype):
+        """How a batch of inputs of ``shape`` (N, C, H, W) goes through: its sizes and
+        ``nb``, the images per chunk of columns."""
+        N, C, H, W = shape
         (kh, kw), s, p = self.kernel_size, self.stride, self.padding
         _, oh, ow = self.output_shape((C, H, W))
         # Bytes of columns per image: of x (forward, dW) and, for dx by the
@@ -391,7 +404,7 @@ class Conv2D(Layer):
         per_image = oh * ow * kh * kw * C
         if self._transposed_ok():
             per_image = max(per_image, H * W * kh * kw * self.out_channels)
-        per_image *= x.dtype.itemsize
+        per_image *= dtype.itemsize
         # A GPU takes the batch in one chunk (one GEMM, not one per cache-sized chunk).
         if N * per_image <= self.keep_columns_bytes or not backend.current().prefers_cache_blocking:
             nb = N                                       # one chunk, kept for backward
@@ -486,54 +499,93 @@ class Conv2D(Layer):
         return y.transpose(0, 3, 1, 2)                   # NCHW shape, channels-last memory
 
     def _backward_im2col(self, dy):
-        """dW2 = dY.T @ cols (chunk by chunk), db = sum(dY), and dx.
-
-        dx: for stride 1 (conv2-5) by the transposed convolution -- dx is the
-        convolution of dy, padded by KH-1-p, with W flipped in space and with
-        in/out channels swapped -- which is one more im2col and GEMM and needs no
-        scattered adds; otherwise dcols = dY @ W2 and col2im.
-        """
+        """dW2 = dY.T @ cols (chunk by chunk), db = sum(dY), and dx (``_dx_chunks``)
+        chunk by chunk too, while the chunk's columns are at hand."""
         xp = backend.xp()
         x = self.cache
         plan = N, C, H, W, kh, kw, s, p, oh, ow, nb = self._plan(x)
         co = self.out_channels
-        dyh = dy.transpose(0, 2, 3, 1)                   # (N, OH, OW, C_out)
-        if not dyh.flags.c_contiguous:
-            dyh = xp.ascontiguousarray(dyh)
+        dyh = _nhwc(dy)                                  # (N, OH, OW, C_out)
         dy2 = dyh.reshape(N * oh * ow, co)
-        w2 = self._w2()
         # dW2.T = cols.T @ dY, of shape (K, C_out): measured up to 8x faster in
         # OpenBLAS than dY.T @ cols for conv1's chunks (C_out small, K*N large);
         # on a whole batch's columns the two orders were within 10 %.
-        dw2t = xp.zeros((w2.shape[1], co), dtype=x.dtype)
-        part = xp.empty((w2.shape[1], co), dtype=x.dtype)
-        dx = xp.empty((N, H, W, C), dtype=x.dtype) if self.needs_input_grad else None
-        transposed = self._transposed_ok()
-        if transposed:
-            # Wf[c, i, j, o] = W[o, c, KH-1-i, KW-1-j], as (C_in, KH*KW*C_out).
-            wf2t = self.params["W"][:, :, ::-1, ::-1].transpose(2, 3, 0, 1).reshape(-1, C)
-            dyn = dyh.transpose(0, 3, 1, 2)              # NCHW view of channels-last dy
-            dx2 = dx.reshape(N * H * W, C)
+        k = kh * kw * C
+        dw2t = xp.zeros((k, co), dtype=x.dtype)
+        part = xp.empty((k, co), dtype=x.dtype)
+        dx, dx_chunk = self._dx_chunks(dyh, plan) if self.needs_input_grad else (None, None)
         for n0 in range(0, N, nb):
             n1 = min(N, n0 + nb)
             cols = self._kept if nb == N and self._kept is not None \
                 else self._columns(x, n0, n1, plan)
-            d = dy2[n0 * oh * ow:n1 * oh * ow]
-            xp.matmul(cols.T, d, out=part)               # dW2.T += cols.T @ dY
+            xp.matmul(cols.T, dy2[n0 * oh * ow:n1 * oh * ow], out=part)  # dW2.T += cols.T @ dY
             dw2t += part
-            if dx is None:
-                continue
-            if transposed:
-                dcols = self._columns(dyn, n0, n1, plan, name="dcols",
-                                      pad_by=(kh - 1 - p, kw - 1 - p))
-                xp.matmul(dcols, wf2t, out=dx2[n0 * H * W:n1 * H * W])
-            else:
-                dcols = xp.matmul(d, w2, out=cols)       # dcols = dY @ W2, same buffer
-                self._col2im(dcols, dx, n0, n1, plan)
+            if dx is not None:
+                dx_chunk(n0, n1, work=cols)              # cols is used: col2im's dcols go there
         self.grads["W"] = dw2t.reshape(kh, kw, C, co).transpose(3, 2, 0, 1).copy()
         self.grads["b"] = dy2.sum(axis=0)
         self.cache = self._kept = None
         return None if dx is None else dx.transpose(0, 3, 1, 2)
+
+    def input_grad(self, dy, input_shape):
+        """dL/dx alone: dy (N, C_out, OH, OW) -> dx (N, C_in, H, W) for an input of
+        ``input_shape`` (N, C_in, H, W), computed as backward computes it.
+
+        dx depends on the weights, not on the input's values, so no forward is
+        needed and no weight gradient is made; it runs im2col's dx paths whatever
+        ``algorithm`` says.  ``towers.SharedInputConvs`` makes the weight gradients
+        of several towers in one stacked backward and each tower's own dx with this."""
+        N = input_shape[0]
+        if tuple(dy.shape) != (N,) + self.output_shape(tuple(input_shape[1:])):
+            raise ShapeError(f"{self.name}: the gradient has shape {tuple(dy.shape)}, expected "
+                             f"{(N,) + self.output_shape(tuple(input_shape[1:]))} for input "
+                             f"{tuple(input_shape)}")
+        plan = self._plan_of(tuple(input_shape), dy.dtype)
+        # col2im writes its dcols into the column buffer: kept columns would be lost
+        # (a backward after this rebuilds them from its cached input).
+        self._kept = None
+        dx, dx_chunk = self._dx_chunks(_nhwc(dy), plan)
+        nb = plan[-1]
+        for n0 in range(0, N, nb):
+            dx_chunk(n0, min(N, n0 + nb))
+        return dx.transpose(0, 3, 1, 2)
+
+    def _dx_chunks(self, dyh, plan):
+        """(dx, dx_chunk): dx (N, H, W, C_in) to fill, and ``dx_chunk(n0, n1, work)``
+        that fills its images n0..n1 from dyh (N, OH, OW, C_out), one of two ways:
+
+        - stride 1 (conv2-5; ``_transposed_ok``): the transposed convolution -- dx is
+          the convolution of dy, padded by KH-1-p, with W flipped in space and with
+          in/out channels swapped -- one more im2col and GEMM, no scattered adds;
+        - otherwise dcols = dY @ W2 and col2im.  dcols are written into ``work``, a
+          (rows, K) buffer of the chunk's columns' size (backward hands it the
+          chunk's columns, used by then); None: the layer's column buffer.
+        """
+        xp = backend.xp()
+        N, C, H, W, kh, kw, s, p, oh, ow, nb = plan
+        dx = xp.empty((N, H, W, C), dtype=dyh.dtype)
+        if self._transposed_ok():
+            # Wf[c, i, j, o] = W[o, c, KH-1-i, KW-1-j], as (KH*KW*C_out, C_in).
+            wf2t = self.params["W"][:, :, ::-1, ::-1].transpose(2, 3, 0, 1).reshape(-1, C)
+            dyn = dyh.transpose(0, 3, 1, 2)              # NCHW view of channels-last dy
+            dx2 = dx.reshape(N * H * W, C)
+
+            def dx_chunk(n0, n1, work=None):
+                dcols = self._columns(dyn, n0, n1, plan, name="dcols",
+                                      pad_by=(kh - 1 - p, kw - 1 - p))
+                xp.matmul(dcols, wf2t, out=dx2[n0 * H * W:n1 * H * W])
+            return dx, dx_chunk
+        w2 = self._w2()
+        dy2 = dyh.reshape(N * oh * ow, -1)
+        k = w2.shape[1]
+
+        def dx_chunk(n0, n1, work=None):
+            d = dy2[n0 * oh * ow:n1 * oh * ow]
+            if work is None:
+                work = self._buffer("cols", (nb * oh * ow * k,), dx.dtype)[:d.shape[0] * k]
+                work = work.reshape(d.shape[0], k)
+            self._col2im(xp.matmul(d, w2, out=work), dx, n0, n1, plan)   # dcols = dY @ W2
+        return dx, dx_chunk
 
     def _col2im(self, dcols, dx, n0, n1, plan):
         N, C, H, W, kh, kw, s, p, oh, ow, nb = plan

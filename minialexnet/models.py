@@ -9,6 +9,12 @@
 what training runs) or "reference" (``minialexnet/reference/``: the paper's equations,
 the same numbers, slower).  It is kept in ``model.config``, so a checkpoint rebuilds it.
 
+``input_grad`` (every model takes it; default True): whether ``backward`` computes
+dL/d(image).  Training builds with ``input_grad=False`` (conv1's costliest backward
+pass, never needed).  It is set once, when the model is built, because the first
+convolutions plan their forward by it; it is not kept in ``model.config`` (it says
+how the model runs, not what it is: a checkpoint loads into either).
+
 The family (``build_model(name, **kwargs)``; every name also takes the keyword
 arguments of its class, overriding its defaults):
 
@@ -30,7 +36,8 @@ The model API (the training CLI, benchmarks and chapters rely on exactly this):
 
     model.forward(x) -> logits          x (N, 3, H, W), H = W = model.input_size; logits
                                         (N, num_classes) on the first device
-    model.backward(dlogits) -> dx       fills the gradients (dx is dL/d(image))
+    model.backward(dlogits) -> dx       fills the gradients (dx is dL/d(image); None
+                                        for a model built with input_grad=False)
     model.params() -> {name: array}     live references: the optimiser updates them in place
     model.grads()  -> {name: array}     same keys, after backward
     model.train() / model.eval()        dropout on / off (off: outputs times 0.5, paper 4.2)
@@ -253,7 +260,7 @@ class Network:
 
     name = "network"
 
-    def _finish(self, builder, input_size, num_classes, config, in_channels=3):
+    def _finish(self, builder, input_size, num_classes, config, input_grad, in_channels=3):
         self.steps = builder.steps
         self.devices = builder.devices
         self.towers = len(builder.devices)
@@ -265,6 +272,11 @@ class Network:
                            layers=builder.layers)
         self._by_name = {s.name: s for s in self.steps}
         self.training = True
+        # Fixed here, before any forward: the convolutions' column plans and "auto"
+        # choices depend on it.  Not in config: how the model runs, not what it is.
+        self.input_grad = bool(input_grad)
+        for layer in self._input_layers():
+            layer.needs_input_grad = self.input_grad
 
     # ---------------------------------------------------------------- running
     def forward(self, x, record=None):
@@ -285,14 +297,16 @@ class Network:
 
     __call__ = forward
 
-    def backward(self, dlogits, input_grad=True):
+    def backward(self, dlogits, **kwargs):
         """dL/dlogits -> dL/dimage; fills every layer's gradients (see ``grads()``).
 
-        ``input_grad=False`` returns None instead of dL/dimage: training never needs
-        it, and it is conv1's costliest backward pass (PyTorch skips it too).
-        """
-        for layer in self._input_layers():
-            layer.needs_input_grad = input_grad
+        A model built with ``input_grad=False`` returns None instead of dL/dimage:
+        training never needs it, and it is conv1's costliest backward pass (PyTorch
+        skips it too)."""
+        if kwargs:
+            raise TypeError(f"{self.name}.backward() takes only dlogits, not "
+                            f"{', '.join(kwargs)}: whether it computes dL/dimage is fixed "
+                            "when the model is built (build_model(..., input_grad=False))")
         dy = dlogits
         for step in reversed(self.steps):
             dy = step.backward(dy)
@@ -515,7 +529,8 @@ class AlexNet(Network):
     widths (conv1..conv5 kernels, all towers), fc (fc6, fc7 widths), lrn (on/off),
     dropout (p; 0 for none), inverted_dropout (False: the paper's test-time x0.5),
     init_std (float or {layer: std}), init_bias ({layer: value}; default PAPER_BIAS),
-    dtype ("float32"), layers ("fast" or "reference": which code runs).
+    dtype ("float32"), layers ("fast" or "reference": which code runs), input_grad
+    (True: backward returns dL/d(image); see the module docstring).
     """
 
     name = "alexnet"
@@ -525,7 +540,7 @@ class AlexNet(Network):
     def __init__(self, num_classes=1000, towers=2, devices=None, input_size=227,
                  widths=(96, 256, 384, 384, 256), fc=(4096, 4096), lrn=True,
                  dropout=0.5, inverted_dropout=False, init_std=0.01, init_bias=None,
-                 dtype=None, name=None, layers="fast", activation="relu"):
+                 dtype=None, name=None, layers="fast", activation="relu", input_grad=True):
         if name is not None:
             self.name = name
         init_bias = dict(self.default_bias if init_bias is None else init_bias)
@@ -538,7 +553,7 @@ class AlexNet(Network):
                       widths=list(widths), fc=list(fc), lrn=lrn, dropout=dropout,
                       inverted_dropout=inverted_dropout, init_std=init_std,
                       init_bias=init_bias, dtype=_dtype_name(dtype), activation=activation)
-        self._finish(b, input_size, num_classes, config)
+        self._finish(b, input_size, num_classes, config, input_grad)
 
 
 class SmallAlexNet(AlexNet):
@@ -568,7 +583,8 @@ class SmallAlexNet(AlexNet):
 
     def __init__(self, num_classes=10, input_size=32, width=1.0, towers=2, devices=None,
                  widths=None, fc=None, lrn=True, dropout=0.5, inverted_dropout=False,
-                 init_std="he", init_bias=None, dtype=None, layers="fast", activation="relu"):
+                 init_std="he", init_bias=None, dtype=None, layers="fast", activation="relu",
+                 input_grad=True):
         if input_size < 15:
             raise ConfigError(f"small-alexnet: input_size must be at least 15, not {input_size}")
         self.conv1_shape = (5, 1, 2) if input_size < 48 else (5, 2, 2)
@@ -581,7 +597,7 @@ class SmallAlexNet(AlexNet):
                          input_size=input_size, widths=widths, fc=fc, lrn=lrn,
                          dropout=dropout, inverted_dropout=inverted_dropout,
                          init_std=init_std, init_bias=init_bias, dtype=dtype,
-                         layers=layers, activation=activation)
+                         layers=layers, activation=activation, input_grad=input_grad)
         self.config["width"] = width
 
 
@@ -601,7 +617,7 @@ class TorchvisionAlexNet(Network):
 
     def __init__(self, num_classes=1000, devices=None, input_size=224,
                  widths=(64, 192, 384, 256, 256), fc=(4096, 4096), dropout=0.5,
-                 init_std=0.01, init_bias=None, dtype=None, layers="fast"):
+                 init_std=0.01, init_bias=None, dtype=None, layers="fast", input_grad=True):
         init_bias = dict(PAPER_BIAS if init_bias is None else init_bias)
         b = _Builder(_devices(devices, 1), _dtype(dtype), init_std, init_bias, layers)
         c1, c2, c3, c4, c5 = widths
@@ -635,7 +651,7 @@ class TorchvisionAlexNet(Network):
         config = dict(num_classes=num_classes, input_size=input_size, widths=list(widths),
                       fc=list(fc), dropout=dropout, init_std=init_std, init_bias=init_bias,
                       dtype=_dtype_name(dtype))
-        self._finish(b, input_size, num_classes, config)
+        self._finish(b, input_size, num_classes, config, input_grad)
 
 
 class FourLayerNet(Network):
@@ -658,7 +674,7 @@ class FourLayerNet(Network):
 
     def __init__(self, num_classes=10, input_size=32, activation="relu", lrn=True,
                  pool="3/2", widths=(32, 32, 64), devices=None, init_std="fan-in",
-                 init_bias=None, dtype=None, layers="fast"):
+                 init_bias=None, dtype=None, layers="fast", input_grad=True):
         if activation not in ("relu", "tanh"):
             raise ConfigError(f"fournet: activation must be 'relu' or 'tanh', not {activation!r}")
         if pool not in ("3/2", "2/2"):
@@ -683,7 +699,7 @@ class FourLayerNet(Network):
         config = dict(num_classes=num_classes, input_size=input_size, activation=activation,
                       lrn=lrn, pool=pool, widths=list(widths), init_std=init_std,
                       init_bias=init_bias, dtype=_dtype_name(dtype))
-        self._finish(b, input_size, num_classes, config)
+        self._finish(b, input_size, num_classes, config, input_grad)
 
 
 # ======================================================================== the factory

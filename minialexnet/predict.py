@@ -16,7 +16,7 @@ if __name__ == "__main__":        # the command line: CPU tuning before NumPy lo
     from .cpu import tune
     tune()
 
-from . import backend, cli, data
+from . import backend, cli, data, inference
 from .backend import np
 from .checkpoint import (CheckpointError, check_training_meta, load_checkpoint, read_meta)
 from .errors import ConfigError, MinialexnetError
@@ -36,7 +36,6 @@ def load_model(path, device=0):
     (a crafted checkpoint cannot make this read more); weights and mean image must be
     finite floats; the metadata must describe a model that can be built."""
     from .models import from_config
-    from .train import load_model_weights
     meta = check_training_meta(read_meta(path), path)
     config, cfg = meta["model_config"], meta["config"]
     try:
@@ -54,7 +53,7 @@ def load_model(path, device=0):
     if unit:
         expected["data.std"] = (3,)
     arrays, _ = load_checkpoint(path, expected, model_arch=model.arch)
-    load_model_weights(model, arrays, meta, path)
+    inference.load_model_weights(model, arrays, meta, path)
     model.eval()
     std = arrays["data.std"].astype(np.float32) if unit else None
     return model, meta, arrays["data.mean"].astype(np.float32), std
@@ -72,13 +71,12 @@ def describe_classes(meta, most=12):
 def iter_predictions(model, meta, mean, paths, k=5, device=0, batch_size=64, std=None):
     """(path, [(class name, probability), ...k]) for each image file, in order;
     ``batch_size`` images are decoded and run at a time."""
-    from .train import predict_batches
     cfg, names = meta["config"], meta["class_names"]
     transform = data.EvalTransform(cfg["crop"], mean, std)
     for i in range(0, len(paths), batch_size):
         chunk = paths[i:i + batch_size]
         x = np.stack([data.decode(p, size=cfg["image_size"]) for p in chunk])
-        probs = data.softmax(predict_batches(model, x, transform, batch_size, device))
+        probs = data.softmax(inference.predict_batches(model, x, transform, batch_size, device))
         for p, row in zip(chunk, probs):
             top = np.argsort(-row)[:k]
             yield p, [(names[t], float(row[t])) for t in top]

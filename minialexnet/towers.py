@@ -189,13 +189,13 @@ class SharedInputConvs:
     On one device (NumPy, or ``--devices 0,0``) conv1's towers -- and conv3's, whose
     input the exchange hands to both -- would build the very same columns twice.
     Stacking the towers' kernels (tower 0's first, the concatenation order) makes
-    it one im2col and one wider matrix multiply, which BLAS also runs faster.  The
-    numbers are the same; parameters and gradients stay each tower's own arrays
-    (the gradients are views of the stacked gradient).
+    forward and the weight gradients one im2col and one wider matrix multiply, which
+    BLAS also runs faster.  The numbers are the same; parameters and gradients stay
+    each tower's own arrays (the gradients are views of the stacked gradient).
 
-    backward returns [dx, None, ...]: dx is the sum of all towers' input gradients,
-    given to tower 0; ``Broadcast`` and ``Exchange`` add up what they receive and
-    skip the Nones.
+    backward returns what the towers apart return: tower i's dx through tower i's
+    kernels alone (``Conv2D.input_grad``), None where its layer has
+    ``needs_input_grad = False``.  So the transfer steps never see the fusion.
     """
 
     def __init__(self, layers):
@@ -206,32 +206,35 @@ class SharedInputConvs:
         conv.cache = conv._kept = None
         conv.out_channels = sum(self.sizes)
         conv.name = self.layers[0].name + "+shared"
+        conv.needs_input_grad = False             # dW and db only: each tower makes its dx
         self.conv = conv
+        self.input_shape = None
 
     def forward(self, x):
         xp = backend.xp()
         self.conv.params = {k: xp.concatenate([l.params[k] for l in self.layers])
                             for k in ("W", "b")}
-        # The towers' current settings (train(), ``algorithm`` and needs_input_grad
-        # reach the towers' layers, not this copy): "auto" keys its choice by them.
+        # The towers' current settings (train() and ``algorithm`` reach the towers'
+        # layers, not this copy): "auto" keys its choice by them.
         self.conv.training = self.layers[0].training
         self.conv.algorithm = self.layers[0].algorithm
-        self.conv.needs_input_grad = any(l.needs_input_grad for l in self.layers)
+        self.input_shape = tuple(x.shape)
         return _split(self.conv.forward(x), self.sizes)
 
     def backward(self, dys):
+        """[dy_0, dy_1, ...] -> [dx_0, dx_1, ...]; fills each tower's grads."""
         xp = backend.xp()
         conv = self.conv
-        conv.needs_input_grad = any(l.needs_input_grad for l in self.layers)
         n, _, oh, ow = dys[0].shape
         dy = xp.empty((n, oh, ow, conv.out_channels), dtype=dys[0].dtype)   # channels last
         for d, part in zip(dys, _split(dy, self.sizes, axis=3)):
             part[...] = d.transpose(0, 2, 3, 1)
-        dx = conv.backward(dy.transpose(0, 3, 1, 2))
+        conv.backward(dy.transpose(0, 3, 1, 2))
         for layer, gw, gb in zip(self.layers, _split(conv.grads["W"], self.sizes, 0),
                                  _split(conv.grads["b"], self.sizes, 0)):
             layer.grads["W"], layer.grads["b"] = gw, gb
-        return [dx] + [None] * (len(self.layers) - 1)
+        return [layer.input_grad(d, self.input_shape) if layer.needs_input_grad else None
+                for layer, d in zip(self.layers, dys)]
 
 
 class OnDevice(Step):
@@ -260,7 +263,8 @@ class Broadcast(Step):
     """Transfer: one array (the image) to every tower.  Both conv1 halves see it all.
 
     forward:  x (anywhere) -> [x on devices[0], x on devices[1], ...]
-    backward: dx = sum over towers of (tower i's dx, sent to devices[0]).
+    backward: dx = sum over towers of (tower i's dx, sent to devices[0])
+              (None when conv1 computed no dx: ``needs_input_grad = False``).
     """
 
     kind, transfers = "broadcast", True
@@ -274,14 +278,14 @@ class Broadcast(Step):
 
     def backward(self, dxs):
         _per_tower(self, dxs, len(self.devices), "gradient")
-        # None: a tower sent no gradient (conv1 skips the image's, or SharedInputConvs
-        # gave the whole sum to tower 0).
-        home, dx = self.devices[0], None
+        # None: conv1 computed no dx (``needs_input_grad = False``: the image needs none).
+        if dxs[0] is None:
+            return None
+        home = self.devices[0]
         with backend.device(home):
-            for g in dxs:
-                if g is not None:
-                    g = transfer(g, home)
-                    dx = g if dx is None else dx + g
+            dx = transfer(dxs[0], home)
+            for g in dxs[1:]:
+                dx = dx + transfer(g, home)
         return dx
 
 
@@ -315,22 +319,19 @@ class Exchange(Step):
 
     def backward(self, dys):
         # pieces[i][j]: tower i's gradient for tower j's maps, still on device i
-        # (None where tower i sent none: see SharedInputConvs)
         _after_forward(self)
         _per_tower(self, dys, len(self.devices), "gradient")
         pieces = []
         for d, dy in zip(self.devices, dys):
             with backend.device(d):
-                pieces.append(None if dy is None else _split(dy, self.sizes))
+                pieces.append(_split(dy, self.sizes))
         dxs = []
         for j, d in enumerate(self.devices):
             with backend.device(d):
-                dx = None
-                for i in range(len(self.devices)):
-                    if pieces[i] is not None:
-                        g = transfer(pieces[i][j], d)
-                        dx = g if dx is None else dx + g
-                dxs.append(dx)
+                dx = transfer(pieces[0][j], d)
+                for p in pieces[1:]:
+                    dx = dx + transfer(p[j], d)
+            dxs.append(dx)
         return dxs
 
 

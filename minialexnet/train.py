@@ -28,7 +28,6 @@ The same ``Trainer`` drives the chapters' experiments in Python.
 import argparse
 import contextlib
 import csv
-import dataclasses
 import io
 import json
 import math
@@ -46,19 +45,20 @@ if __name__ == "__main__":        # the command line: CPU tuning before NumPy lo
 
 from . import backend, cli, data, distributed, reference
 from .backend import np
-from .checkpoint import (CheckpointError, check_compatible, check_training_meta,
+from .checkpoint import (CheckpointError, check_training_meta,
                          load_checkpoint, save_checkpoint)
 from .conv import autotune
 from .data.common import check_images, check_labels
 from .errors import ConfigError, DataError, MinialexnetError, TrainingDiverged
 from .files import atomic_write_text, describe_os_error, remove_stale_temps
 from .layers import SoftmaxCrossEntropy
-from .metrics import ErrorMeter, topk_correct
-from .models import DEFAULT_LR, build_model, default_lr, describe, model_has_dropout
+from .inference import evaluate, load_model_weights
+from .metrics import topk_correct
+from .models import DEFAULT_LR, build_model, default_lr, model_has_dropout
 from .health import HealthMonitor
 from .optim import SGD, ReduceLROnPlateau, StepLR
 
-__all__ = ["Trainer", "TrainingDiverged", "evaluate", "predict_batches", "default_config",
+__all__ = ["Trainer", "TrainingDiverged", "default_config",
            "prepare_data", "main"]
 
 
@@ -170,70 +170,7 @@ def fit_sizes(cfg, train):
     return dict(cfg, image_size=cfg["image_size"] or side, crop=crop)
 
 
-# ---------------------------------------------------------------- evaluation
-def predict_batches(model, x, transform=None, batch_size=256, device=0):
-    """Logits (host float32, (N, K)) of ``model`` in eval mode, ``batch_size`` at a time.
-
-    x: uint8 NHWC images made into network input by ``transform``, or (transform None)
-    float32 NCHW batches ready for the network."""
-    was_training = model.training
-    model.eval()
-    out = []
-    try:
-        for i in range(0, len(x), batch_size):
-            xb = x[i:i + batch_size] if transform is None else transform(x[i:i + batch_size])
-            xb = backend.to_device(backend.xp().asarray(xb, dtype=model.dtype), device)
-            out.append(backend.to_numpy(model.forward(xb)))
-    finally:
-        model.train(was_training)
-    return np.concatenate(out).astype(np.float32)
-
-
-def evaluate(model, dataset, crop, mean=None, batch_size=256, ten_crop=False, device=0,
-             std=None, comm=None):
-    """Top-1 and top-5 error on ``dataset``: the centre crop, or the paper's ten-crop
-    test (four corners, centre and their mirror images, softmax averaged; 4.1).
-    ``mean``, ``std``: the input scaling the model was trained with (see prepare_data).
-    ``comm`` (distributed): each rank evaluates its share and the counts are summed."""
-    if comm is not None and comm.size > 1:
-        lo, hi = comm.shard(len(dataset))
-        dataset = dataclasses.replace(dataset, x=_rows(dataset.x, lo, hi), y=dataset.y[lo:hi])
-    if ten_crop:
-        def predict(x):
-            return predict_batches(model, x, None, batch_size, device)
-        # 1024 images at a time: their ten crops are ten float32 copies of the batch.
-        scores = np.concatenate([
-            data.ten_crop_predict(predict, dataset.x[i:i + 1024], crop, mean, std=std)
-            for i in range(0, len(dataset), 1024)])
-    else:
-        scores = predict_batches(model, dataset.x, data.EvalTransform(crop, mean, std),
-                                 batch_size, device)
-    meter = ErrorMeter()
-    meter.update(scores, dataset.y)
-    if comm is not None and comm.size > 1:
-        count, *correct = comm.sum_numbers([meter.count] + [meter.correct[k] for k in meter.ks])
-        meter.count, meter.correct = int(count), {k: int(c) for k, c in zip(meter.ks, correct)}
-    e = meter.errors()
-    return {"top1": e[1], "top5": e[5]}
-
-
-def _rows(x, lo, hi):
-    """Rows lo..hi of images x: a view of an array; of lazy files, the files' slice."""
-    if isinstance(x, np.ndarray):
-        return x[lo:hi]
-    return type(x)(x.paths[lo:hi], x.size, x.threads)
-
-
 # ---------------------------------------------------------------- the trainer
-def load_model_weights(model, arrays, meta, path):
-    """Put a training checkpoint's ``model.*`` arrays into ``model``; a clear
-    CheckpointError if they were saved for another architecture."""
-    weights = {k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")}
-    check_compatible(weights, {k: v.shape for k, v in model.state_dict().items()}, path,
-                     saved_arch=describe(meta.get("model_config")), model_arch=model.arch)
-    model.load_state_dict(weights)
-
-
 class Trainer:
     """Runs epochs of SGD on a model and keeps everything needed to resume.
 
@@ -242,6 +179,8 @@ class Trainer:
     channel std of the "unit" input scale; "auto" (default) computes it from ``train``
     when cfg["input_scale"] is "unit" and uses None (raw pixels) when it is "paper".
     ``history`` is a list of per-epoch dicts (loss, errors, lr, seconds, images/s).
+    A model built with ``input_grad=False`` (as ``make_model`` builds) skips the
+    image's gradient, which training never uses.
     """
 
     def __init__(self, model, train, val, mean, cfg, pca=None, log=print, std="auto",
@@ -300,8 +239,8 @@ class Trainer:
             y = backend.to_device(y, home)
             loss = self.criterion.forward(logits, y)
             dlogits = self.criterion.backward()
-        # Training never needs dL/d(image): skip conv1's most expensive product.
-        self.model.backward(dlogits, input_grad=False)
+        # dL/d(image) only if the model was built with input_grad (make_model: not).
+        self.model.backward(dlogits)
         grads = self.model.grads()
         self.comm.allreduce_mean(grads.values())   # distributed: the ranks' mean gradient
         self.optimizer.step(grads)
@@ -854,6 +793,8 @@ def make_model(cfg, num_classes):
     kwargs.setdefault("input_size", cfg["crop"])
     if cfg["devices"] is not None:
         kwargs.setdefault("devices", tuple(cfg["devices"]))
+    # Training never needs dL/d(image): skip conv1's most expensive product.
+    kwargs.setdefault("input_grad", False)
     return build_model(cfg["model"], **kwargs)
 
 
@@ -1084,8 +1025,9 @@ def _run_identity(train, val, mean, model):
 
 
 def _gpus(devices):
-    b = backend.current()
-    return [int(d) + getattr(b, "offset", 0) for d in devices] if b.name == "cupy" else "none"
+    """The GPUs the model's ``devices`` are on this rank (for the log), or "none"."""
+    ids = backend.current().gpu_ids(devices)
+    return "none" if ids is None else ids
 
 
 def _quiet(*args, **kwargs):

@@ -81,6 +81,48 @@ def test_import_scan_catches_an_import(tmp_path):
     assert list(imports_of(f)) == ["numpy", "cupy"]
 
 
+def name_comparisons(path):
+    """Lines of ``path`` that compare something's ``.name`` with "numpy" or "cupy"."""
+    def backend_name(node):
+        if isinstance(node, ast.Constant):
+            return node.value in ("numpy", "cupy")
+        return isinstance(node, (ast.Tuple, ast.List, ast.Set)) and any(map(backend_name, node.elts))
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            if any(isinstance(s, ast.Attribute) and s.attr == "name" for s in sides) \
+                    and any(map(backend_name, sides)):
+                yield node.lineno
+
+
+def test_behaviour_follows_what_the_backend_can_do_not_its_name():
+    """Outside backend.py (whose factory picks NumPy or CuPy by name) no code asks
+    for a backend's name: it asks what the backend can do."""
+    offenders = [f"{path.relative_to(LIB.parent)}:{line}"
+                 for path in sorted(LIB.rglob("*.py")) if path != LIB / "backend.py"
+                 for line in name_comparisons(path)]
+    assert not offenders, offenders
+
+
+def test_name_scan_catches_a_comparison(tmp_path):
+    f = tmp_path / "asks.py"
+    f.write_text("a = b.name == 'cupy'\nc = backend.current().name in ('numpy', 'x')\n"
+                 "d = step.name == layer\n")
+    assert list(name_comparisons(f)) == [1, 2]
+
+
+def test_the_training_log_s_gpus_come_from_the_backend():
+    """train's "GPUs ..." line: what ``gpu_ids`` says, whatever the backend is called."""
+    from minialexnet import train
+
+    class StandIn(backend.Backend):
+        def gpu_ids(self, devices):
+            return [int(d) + 4 for d in devices]
+    assert train._gpus([0, 1]) == "none"                      # NumPy: no GPUs
+    backend.use(StandIn("stand-in", np))
+    assert train._gpus([0, 1]) == [4, 5]
+
+
 # ---------------------------------------------------------------- (b) API surface
 def every_layer_forward_backward(x_img, x_vec, labels):
     """Forward and backward of every layer, in train and eval mode."""

@@ -166,6 +166,7 @@ def test_a_rank_s_devices_are_shifted_on_cupy_only():
                     return 4
     b = backend.CupyBackend(FakeCupy, offset=2)
     assert b.device(1).id == 3 and FakeCupy.cuda.current == 2
+    assert b.gpu_ids([0, 1]) == [2, 3] and backend.Backend("numpy", np).gpu_ids([0]) is None
     assert b.device_of(type("A", (), {"device": FakeCupy.cuda.Device(3)})()) == 1
     with pytest.raises(backend.BackendError, match="device 2 .GPU 4 for this rank. does not exist"):
         b.device(2)

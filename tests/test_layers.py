@@ -81,8 +81,9 @@ def test_conv_paths_agree_and_check(path, cin, cout, k, stride, pad):
 
 @pytest.mark.parametrize("fwd,bwd", [(False, True), (True, False)])
 def test_conv_chunking_may_change_between_forward_and_backward(fwd, bwd):
-    """Network.backward sets needs_input_grad after forward, and with the transposed
-    dx that changes the chunk size: kept columns must only be used when they fit."""
+    """needs_input_grad set by hand between forward and backward changes the chunk
+    size (with the transposed dx): kept columns must only be used when they fit.
+    (Models fix it when they are built: tests/test_models.py.)"""
     x = rnd(5, 2, 9, 8)
     ref, layer = Conv2D(2, 6, 3, dtype=np.float64), Conv2D(2, 6, 3, dtype=np.float64)
     layer.params = {k: v.copy() for k, v in ref.params.items()}
@@ -94,6 +95,29 @@ def test_conv_chunking_may_change_between_forward_and_backward(fwd, bwd):
     layer.needs_input_grad = bwd
     layer.backward(dy)
     np.testing.assert_allclose(layer.grads["W"], ref.grads["W"], rtol=1e-10)
+
+
+@pytest.mark.parametrize("dx_method", ["transposed", "col2im"])
+@pytest.mark.parametrize("kept", [True, False])
+def test_conv_input_grad_is_backward_s_dx(dx_method, kept):
+    """input_grad(dy, shape) computes backward's dx without a forward; between a
+    forward and its backward it leaves the weight gradient right (col2im writes its
+    dcols into the column buffer that may hold the kept columns)."""
+    x = rnd(5, 2, 9, 8)
+    ref, layer = Conv2D(2, 6, 3, padding=1, dtype=np.float64), Conv2D(2, 6, 3, padding=1, dtype=np.float64)
+    layer.params = {k: v.copy() for k, v in ref.params.items()}
+    layer.dx_method = dx_method
+    if not kept:
+        layer.keep_columns_bytes, layer.chunk_bytes = 0, 3_000      # chunks of a few images
+    dy = rnd(*ref.forward(x).shape, seed=1)
+    dx = ref.backward(dy)
+    np.testing.assert_allclose(layer.input_grad(dy, x.shape), dx, rtol=1e-12, atol=1e-14)
+    layer.forward(x)
+    np.testing.assert_allclose(layer.input_grad(dy, x.shape), dx, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(layer.backward(dy), dx, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(layer.grads["W"], ref.grads["W"], rtol=1e-12)
+    with pytest.raises(layers.ShapeError, match="expected \\(5, 6, 9, 8\\)"):
+        layer.input_grad(dy[:, :3], x.shape)
 
 
 def test_conv_kept_columns_follow_the_last_forward():

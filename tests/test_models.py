@@ -271,6 +271,30 @@ def test_config_rebuilds_the_model():
         assert build_model(**config).layer_names() == m.layer_names()
 
 
+@pytest.mark.parametrize("name", ["small-alexnet", "fournet"])
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_input_grad_is_fixed_when_the_model_is_built(name, input_grad):
+    """Whether backward makes dL/d(image) is a build-time keyword: no layer's
+    needs_input_grad changes between forward and backward (the forward's column
+    plan and "auto" key depend on it), and it is not part of the config."""
+    model = build_model(name, width=0.25, input_grad=input_grad) if name == "small-alexnet" \
+        else build_model(name, widths=(4, 4, 8), input_grad=input_grad)
+    convs = [l for _, l, _ in model.named_layers() if hasattr(l, "needs_input_grad")]
+    first = set(map(id, model._input_layers()))
+    assert first and all(l.needs_input_grad == (input_grad or id(l) not in first) for l in convs)
+    built = [l.needs_input_grad for l in convs]
+    x = np.random.default_rng(0).standard_normal((2, *model.input_shape)).astype(np.float32)
+    for _ in range(2):
+        logits = model.forward(x)
+        assert [l.needs_input_grad for l in convs] == built
+        dx = model.backward(np.ones_like(logits))
+        assert [l.needs_input_grad for l in convs] == built
+        assert (dx is None) == (not input_grad)
+    assert "input_grad" not in model.config and from_config(model.config).input_grad
+    with pytest.raises(TypeError, match="fixed when the model is built.*input_grad=False"):
+        model.backward(np.ones_like(logits), input_grad=False)
+
+
 def test_features_of_named_layers():
     m = small().eval()
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)

@@ -257,9 +257,9 @@ def step_pair(kind, devices, make=None, spec=None):
 @pytest.mark.parametrize("fuse", [True, False])
 def test_towers_sharing_an_input_on_one_device(monkeypatch, input_grad, fuse):
     """conv1 after the broadcast (and conv3 after the exchange) read one array on one
-    device: fast stacks the towers' kernels into one Conv2D (SharedInputConvs) and
-    hands tower 0 the summed dx; the reference runs each tower and adds at the
-    transfer.  Same numbers either way."""
+    device: fast stacks the towers' kernels into one Conv2D (SharedInputConvs) for
+    the output and dW, db, and each tower makes its own dx; the reference runs each
+    tower.  Both add the towers' dx at the transfer.  Same numbers either way."""
     monkeypatch.setattr(towers.TowerLayer, "fuse_shared_input", fuse)
     spec = dict(kind="conv", cin=3, cout=4, k=3, s=2, p=1)
     out = []
@@ -322,11 +322,11 @@ def small_alexnet(layers, devices=(0, 0), towers_=2, **kw):
     return model
 
 
-def run_model(model, x, dlogits, input_grad, training):
+def run_model(model, x, dlogits, training):
     model.train(training)
     backend.seed(4)                      # the same dropout masks for both
     logits = model.forward(x)
-    dx = model.backward(dlogits, input_grad=input_grad)
+    dx = model.backward(dlogits)
     return logits, dx, model.grads()
 
 
@@ -347,11 +347,11 @@ def assert_same_run(a, b):
 def test_alexnet_two_towers_on_one_device(monkeypatch, training, input_grad, fuse):
     monkeypatch.setattr(towers.TowerLayer, "fuse_shared_input", fuse)
     x, dlogits = rnd(3, 3, 67, 67), rnd(3, 7, seed=1)
-    fast_model = small_alexnet("fast")
-    got = run_model(fast_model, x, dlogits, input_grad, training)
+    fast_model = small_alexnet("fast", input_grad=input_grad)
+    got = run_model(fast_model, x, dlogits, training)
     stacked = [s.name for s in fast_model.steps if getattr(s, "stacked", None) is not None]
     assert stacked == (["conv1", "conv3"] if fuse else [])
-    want = run_model(small_alexnet("reference"), x, dlogits, input_grad, training)
+    want = run_model(small_alexnet("reference", input_grad=input_grad), x, dlogits, training)
     assert_same_run(got, want)
 
 
@@ -364,7 +364,7 @@ def test_alexnet_on_two_fake_devices(devices):
     x, dlogits = rnd(2, 3, 67, 67), rnd(2, 7, seed=1)
     one = small_alexnet("reference")
     state = one.state_dict()
-    want = run_model(one, x, dlogits, True, False)
+    want = run_model(one, x, dlogits, False)
     fake = backend.use(FakeDevices(2))
     runs, links = {}, []
     for layers in ("fast", "reference"):
@@ -375,7 +375,7 @@ def test_alexnet_on_two_fake_devices(devices):
             fake.transfers.clear()
             fake.syncs.clear()
             run = run_model(model, on_device(x, devices[0]), on_device(dlogits, devices[0]),
-                            True, training)
+                            training)
             assert fake.syncs == []
             assert run[0].device == run[1].device == devices[0]
             for name, g in run[2].items():
@@ -412,7 +412,7 @@ def test_every_model_fast_equals_reference(name, kw):
         np.testing.assert_array_equal(v, r.params()[k])
     x = rnd(2, *f.input_shape)
     dlogits = rnd(2, 5, seed=1)
-    assert_same_run(run_model(f, x, dlogits, True, True), run_model(r, x, dlogits, True, True))
+    assert_same_run(run_model(f, x, dlogits, True), run_model(r, x, dlogits, True))
 
 
 def test_reference_config_rebuilds_the_reference():
@@ -459,11 +459,11 @@ def test_reference_training_steps_equal_fast_ones():
     for layers, sgd in (("fast", SGD), ("reference", ref.SGD)):
         backend.use("numpy", seed=2)
         model = build_model("small-alexnet", width=0.25, dtype="float64", init_std=0.1,
-                            layers=layers)
+                            layers=layers, input_grad=False)
         opt, loss = sgd(model, lr=0.05), ref.SoftmaxCrossEntropy()
         for step in range(3):
             loss.forward(model.forward(x), labels)
-            model.backward(loss.backward(), input_grad=False)
+            model.backward(loss.backward())
             opt.step()
         params.append(model.params())
     for k in params[0]:

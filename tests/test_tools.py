@@ -180,7 +180,7 @@ def test_numeric_options_are_checked_naming_the_option(run, capsys, tool, args, 
 
 
 def test_predict_runs_images_in_batches(run, capsys, monkeypatch):
-    import minialexnet.train as T
+    import minialexnet.inference as T
     ckpt, d = run
     sizes, real = [], T.predict_batches
 

@@ -362,9 +362,9 @@ def test_lrn_across_the_tower_boundary_would_differ():
     assert not torch.allclose(grouped, whole)
 
 
-def _run(model, x, dlogits, input_grad):
+def _run(model, x, dlogits):
     logits = model.forward(x)
-    dx = model.backward(dlogits, input_grad=input_grad)
+    dx = model.backward(dlogits)
     return logits, dx, {k: v.copy() for k, v in model.grads().items()}
 
 
@@ -373,12 +373,12 @@ def test_shared_input_convolutions_are_the_towers_convolutions(monkeypatch, inpu
     """On one device conv1 and conv3 run as one stacked conv: same numbers (float64)."""
     x = images().astype(np.float64)
     dlogits = np.random.default_rng(1).standard_normal((3, 10))
-    model = tiny((0, 0), dtype=np.float64).eval()
-    fused = _run(model, x, dlogits, input_grad)
+    model = tiny((0, 0), dtype=np.float64, input_grad=input_grad).eval()
+    fused = _run(model, x, dlogits)
     shared = [s.name for s in model.steps if getattr(s, "stacked", None) is not None]
     assert shared == ["conv1", "conv3"]
     monkeypatch.setattr(towers.TowerLayer, "fuse_shared_input", False)
-    plain = _run(model, x, dlogits, input_grad)
+    plain = _run(model, x, dlogits)
     assert not any(getattr(s, "stacked", None) for s in model.steps)
     np.testing.assert_allclose(fused[0], plain[0], rtol=1e-12, atol=1e-14)
     if input_grad:
@@ -388,6 +388,42 @@ def test_shared_input_convolutions_are_the_towers_convolutions(monkeypatch, inpu
     for name in plain[2]:
         np.testing.assert_allclose(fused[2][name], plain[2][name], rtol=1e-11, atol=1e-14,
                                    err_msg=name)
+
+
+def _received(model, monkeypatch, x, dlogits):
+    """What each Broadcast and Exchange step's backward receives: {step: [dy per tower]}."""
+    got = {}
+    with monkeypatch.context() as m:
+        for cls in (towers.Broadcast, towers.Exchange):
+            def spy(step, dys, real=cls.backward):
+                got[step.name] = [None if d is None else np.array(d) for d in dys]
+                return real(step, dys)
+            m.setattr(cls, "backward", spy)
+        model.set_draw(0)                        # the same dropout masks every time
+        model.forward(x)
+        model.backward(dlogits)
+    return got
+
+
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_fusion_does_not_change_what_the_transfer_steps_receive(monkeypatch, input_grad):
+    """Stacked or apart, Broadcast and Exchange get each tower's own input gradient
+    (None for conv1 without dx): tower by tower the same list (float64)."""
+    x = images().astype(np.float64)
+    dlogits = np.random.default_rng(1).standard_normal((3, 10))
+    model = tiny((0, 0), dtype=np.float64, input_grad=input_grad)
+    fused = _received(model, monkeypatch, x, dlogits)
+    assert [s.name for s in model.steps if getattr(s, "stacked", None)] == ["conv1", "conv3"]
+    monkeypatch.setattr(towers.TowerLayer, "fuse_shared_input", False)
+    apart = _received(model, monkeypatch, x, dlogits)
+    assert sorted(fused) == sorted(apart) == ["exchange3", "exchange6", "exchange7", "to_towers"]
+    for name in apart:
+        for i, (a, b) in enumerate(zip(fused[name], apart[name])):
+            if name == "to_towers" and not input_grad:
+                assert a is None and b is None
+            else:
+                np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-14,
+                                           err_msg=f"{name} tower {i}")
 
 
 def test_towers_on_two_devices_are_not_fused():

@@ -2,18 +2,19 @@
 
 import json
 import os
+import types
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from minialexnet import backend, train
+from minialexnet import backend, inference, train
 from minialexnet.checkpoint import CheckpointError, load_checkpoint
 from minialexnet.evaluate import main as evaluate_main
 from minialexnet import data
 from minialexnet.predict import load_model, predict_files
 from minialexnet.predict import main as predict_main
-from minialexnet.train import predict_batches
+from minialexnet.inference import predict_batches
 
 TINY = dict(dataset="synthetic", n_train=128, n_val=64, batch_size=32, model="fournet",
             epochs=2, progress=False, workers=1, checkpoint_every=0)
@@ -212,7 +213,7 @@ def test_a_programming_error_in_train_keeps_its_traceback(monkeypatch):
 def test_a_programming_error_in_evaluate_and_predict_keeps_its_traceback(tmp_path, monkeypatch):
     from minialexnet import predict
     t = train.run(cfg(tmp_path, epochs=1), log=lambda *a: None)
-    monkeypatch.setattr(train, "evaluate", _a_bug)
+    monkeypatch.setattr(inference, "evaluate", _a_bug)
     with pytest.raises(ValueError) as e:
         evaluate_main([t.last_good_checkpoint, "--n", "8"])
     assert e.value is BUG
@@ -250,6 +251,14 @@ def packed_imagenette(root, side=224):
     make_jpeg_container(d / "imagenette224_train_0.npz", rgb_images(4, side, 1), [0, 1, 2, 3], names)
     make_jpeg_container(d / "imagenette224_val.npz", rgb_images(2, side, 2), [0, 1], names)
     return root
+
+
+def test_the_trainer_s_model_makes_no_image_gradient(tmp_path):
+    """make_model builds with input_grad=False: training never needs dL/d(image)."""
+    model = train.make_model(train.fit_sizes(cfg(tmp_path), types.SimpleNamespace(
+        image_shape=(32, 32, 3))), 10)
+    assert model.input_grad is False
+    assert not any(l.needs_input_grad for l in model._input_layers())
 
 
 def test_packed_imagenette_is_not_upscaled(tmp_path, monkeypatch):
@@ -354,7 +363,7 @@ def test_ten_crop_evaluation_averages_the_ten_crops_softmax(tmp_path, monkeypatc
         seen.append(real(predict, x, size, m, logits, std))
         return seen[-1]
     monkeypatch.setattr(data, "ten_crop_predict", spy)
-    got = train.evaluate(t.model, t.val_set, crop, mean, ten_crop=True, std=std)
+    got = inference.evaluate(t.model, t.val_set, crop, mean, ten_crop=True, std=std)
     assert len(seen) == 1
     # By hand: the softmax of each of the ten crops, averaged.
     t.model.eval()
