@@ -312,13 +312,18 @@ class Network:
             step.train(mode)
         return self
 
-    def set_draw(self, n):
+    def set_draw(self, n, rows=None):
         """The next training forward draws dropout masks number ``n`` (see
         ``layers.Dropout``): the Trainer passes the step, so masks follow from
-        (seed, layer, step) and a resumed run draws what the straight one did."""
+        (seed, layer, step) and a resumed run draws what the straight one did.
+
+        ``rows=(lo, batch)``: the images are rows lo.. of a global batch of
+        ``batch`` (a rank's shard): every dropout layer keeps those rows of the
+        global batch's masks, so K ranks drop what one process drops.  None: the
+        images are the whole batch."""
         for _, layer, _ in self.named_layers():
             if hasattr(layer, "draw"):
-                layer.draw = n
+                layer.draw, layer.rows = n, None if rows is None else tuple(rows)
 
     def eval(self):
         return self.train(False)
