@@ -34,6 +34,8 @@ The model API (the training CLI, benchmarks and chapters rely on exactly this):
     model.params() -> {name: array}     live references: the optimiser updates them in place
     model.grads()  -> {name: array}     same keys, after backward
     model.train() / model.eval()        dropout on / off (off: outputs times 0.5, paper 4.2)
+    model.set_draw(step, rows=None)     the next masks: number ``step``; rows=(lo, B): the
+                                        images are rows lo.. of a global batch of B
     model.state_dict() -> {name: host NumPy array};   model.load_state_dict(d)
     model.config                        JSON-able constructor arguments; from_config(config)
                                         (or build_model(**config)) rebuilds the model

@@ -4,9 +4,10 @@ this CPU, one BLAS thread per rank, on the built-in dataset with a float64 four-
 - K ranks at B/K images each make the step of one process at B: after 6 steps (an
   epoch boundary, so the sharded validation too) the weights agree with one
   process's to 1e-12 relative (float64 rounding: the two halves' means are averaged
-  instead of one mean taken), and the two ranks' weights are bit-identical.
+  instead of one mean taken), and the two ranks' weights are bit-identical.  The same
+  with a small AlexNet with dropout in training: the ranks apply one process's masks.
 - A checkpoint written by 2 ranks resumes in 1 process, and one written by 1 process
-  resumes on 2 ranks, continuing the same run (to the same bound).
+  resumes on 2 ranks, continuing the same run (to the same bound), dropout included.
 - Faults: a hung rank is named within --rank-timeout; a killed rank stops the job
   (by MPICH at once, or by our watchdog within the timeout) and is named; a config
   mismatch and a start-up error give one line; SIGTERM on the launcher leaves the
