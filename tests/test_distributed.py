@@ -33,6 +33,7 @@ import pytest
 
 from minialexnet import backend, data, distributed, train
 from minialexnet.checkpoint import load_checkpoint
+from minialexnet.errors import MinialexnetError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "mpi_worker.py"
@@ -150,6 +151,27 @@ def test_a_rank_s_batch_is_its_rows_of_the_one_process_batch(transform):
     assert len(shards[1]) == len(whole) == 5
     with pytest.raises(ValueError, match="does not split into 5 equal shares"):
         data.Loader(ds.x, ds.y, 12, t, shard=(0, 5))
+
+
+class SecondOfTwo(distributed.Communicator):
+    """Rank 1 of 2 in one process (its collectives stay the identity)."""
+    rank, size = 1, 2
+
+
+def test_a_rank_s_step_keeps_its_rows_of_the_global_batch_s_dropout_masks():
+    c = train.default_config(n_train=64, n_val=16, batch_size=8, dropout=0.5, out=None,
+                             model_kwargs={"width": 0.125}, progress=False, workers=1)
+    train_set, val, mean, std, _ = train.prepare_data(c)
+    model = train.make_model(c, train_set.num_classes)
+    t = train.Trainer(model, train_set, val, mean, c, log=lambda *a: None, std=std,
+                      comm=SecondOfTwo())
+    x, y = t.loader.make_batch(0, 0)
+    t.train_step(x, y)
+    drops = [l for _, l, _ in model.named_layers() if hasattr(l, "draw")]
+    assert len(drops) == 4 and all(l.rows == (4, 8) and l.draw == 1 for l in drops)
+    with pytest.raises(MinialexnetError, match=r"^rank 1: a batch of 3 images, but its "
+                                               r"share of the global batch of 8 is 4$"):
+        t.train_step(x[:3], y[:3])
 
 
 def test_buckets_keep_model_order_split_by_size_and_dtype():
