@@ -8,7 +8,9 @@ the batch that one process would make (``data.Loader(shard=...)``), augmentation
 included.  After backward, the gradients are averaged over the ranks with one
 allreduce per step, in a few large buckets; then every rank makes the same SGD step.
 Each rank's loss is its rows' mean (``SoftmaxCrossEntropy`` divides by the local
-batch), so the mean of the K ranks' gradients is the gradient of the global batch:
+batch), so the mean of the K ranks' gradients is the gradient of the global batch;
+dropout masks are drawn for the whole global batch from (seed, layer, step) and each
+rank keeps its rows (``Network.set_draw(step, rows=...)``, ``layers.Dropout``).  So
 K ranks at B/K images each compute the step of one process at B, up to rounding.
 
 Communicators (one small interface, ChainerMN's idea):
@@ -59,7 +61,7 @@ from .backend import np
 
 __all__ = ["Communicator", "MPICommunicator", "NCCLCommunicator", "DistributedError",
            "connect", "with_devices", "active", "report", "code_version", "array_digest",
-           "rank_seed", "DEFAULT_TIMEOUT", "STARTUP_TIMEOUT", "BUCKET_BYTES"]
+           "DEFAULT_TIMEOUT", "STARTUP_TIMEOUT", "BUCKET_BYTES"]
 
 INSTALL = "pip install mpi4py mpich (or pip install minialexnet[mpi])"
 DEFAULT_TIMEOUT = 600.0     # seconds a rank waits for the others at a collective
@@ -631,8 +633,3 @@ def code_version():
 def array_digest(a):
     """A CRC of an array's bytes (to compare data between ranks cheaply)."""
     return f"{zlib.crc32(np.ascontiguousarray(a).tobytes()):08x}"
-
-
-def rank_seed(seed, rank):
-    """The seed of rank ``rank``'s random stream (dropout masks) for a run of ``seed``."""
-    return int(np.random.SeedSequence([int(seed), int(rank), 13]).generate_state(1)[0])

@@ -855,6 +855,17 @@ class MaxPool2D(Layer):
         return dx
 
 
+def batch_rows(layer, x):
+    """(lo, n): x is rows lo..lo+len(x) of a global batch of n, by ``layer.rows``
+    ((0, len(x)) when None); a ShapeError if they do not fit.  Dropout's, fast and
+    reference alike."""
+    lo, n = (0, len(x)) if layer.rows is None else (int(layer.rows[0]), int(layer.rows[1]))
+    if not 0 <= lo <= lo + len(x) <= n:
+        raise ShapeError(f"{layer.name}: {len(x)} rows from row {lo} do not fit in a "
+                         f"global batch of {n} (rows={layer.rows})")
+    return lo, n
+
+
 class Dropout(Layer):
     """Dropout (paper 4.2): in training, each unit is kept with probability 1 - p.
 
@@ -874,9 +885,16 @@ class Dropout(Layer):
     drew.  Each drawn mask counts ``draw`` on by one; the Trainer sets it to the
     optimiser step (``Network.set_draw``).  Layers with the same name draw the same
     masks: the models name each tower's dropout (``drop6.tower0``).
+
+    ``rows = (lo, n)``: x is rows lo..lo+len(x) of a global batch of n (a rank's
+    shard, ``data.Loader(shard=...)``).  The mask is drawn for all n rows and x's
+    rows kept, so K ranks apply exactly the masks one process applies to the same
+    images, whatever K.  The cost: K times the random numbers of x's own mask, cheap
+    where the models drop (fc6, fc7).  None (the default): x is the whole batch.
     """
 
     draw = 0
+    rows = None
 
     def __init__(self, p=0.5, inverted=False, name=None):
         super().__init__(name)
@@ -888,9 +906,7 @@ class Dropout(Layer):
         keep = 1.0 - self.p
         if self.training:
             if mask is None:
-                rng = backend.keyed_rng(zlib.crc32(self.name.encode()), self.draw)
-                self.draw += 1
-                mask = rng.random(x.shape, dtype=x.dtype) >= self.p
+                mask = self._draw_mask(x)
             scale = 1.0 / keep if self.inverted else 1.0
         else:
             mask, scale = None, 1.0 if self.inverted else keep
@@ -901,6 +917,13 @@ class Dropout(Layer):
 
     def backward(self, dy):
         return self._apply(dy)          # y = x * mask * scale is linear: dx = dy * mask * scale
+
+    def _draw_mask(self, x):
+        """Mask number ``draw`` for x: its rows of the global batch's (see ``rows``)."""
+        lo, n = batch_rows(self, x)
+        rng = backend.keyed_rng(zlib.crc32(self.name.encode()), self.draw)
+        self.draw += 1
+        return (rng.random((n,) + x.shape[1:], dtype=x.dtype) >= self.p)[lo:lo + len(x)]
 
     def _apply(self, a):
         """a * mask * scale, always a new array (never ``a`` itself, even in eval mode)."""

@@ -41,6 +41,8 @@ The model API (the training CLI, benchmarks and chapters rely on exactly this):
     model.params() -> {name: array}     live references: the optimiser updates them in place
     model.grads()  -> {name: array}     same keys, after backward
     model.train() / model.eval()        dropout on / off (off: outputs times 0.5, paper 4.2)
+    model.set_draw(step, rows=None)     the next masks: number ``step``; rows=(lo, B): the
+                                        images are rows lo.. of a global batch of B
     model.state_dict() -> {name: host NumPy array};   model.load_state_dict(d)
     model.config                        JSON-able constructor arguments; from_config(config)
                                         (or build_model(**config)) rebuilds the model
@@ -326,13 +328,18 @@ class Network:
             step.train(mode)
         return self
 
-    def set_draw(self, n):
+    def set_draw(self, n, rows=None):
         """The next training forward draws dropout masks number ``n`` (see
         ``layers.Dropout``): the Trainer passes the step, so masks follow from
-        (seed, layer, step) and a resumed run draws what the straight one did."""
+        (seed, layer, step) and a resumed run draws what the straight one did.
+
+        ``rows=(lo, batch)``: the images are rows lo.. of a global batch of
+        ``batch`` (a rank's shard): every dropout layer keeps those rows of the
+        global batch's masks, so K ranks drop what one process drops.  None: the
+        images are the whole batch."""
         for _, layer, _ in self.named_layers():
             if hasattr(layer, "draw"):
-                layer.draw = n
+                layer.draw, layer.rows = n, None if rows is None else tuple(rows)
 
     def eval(self):
         return self.train(False)

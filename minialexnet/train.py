@@ -49,7 +49,7 @@ from .checkpoint import (CheckpointError, check_training_meta,
                          load_checkpoint, save_checkpoint)
 from .conv import autotune
 from .data.common import check_images, check_labels
-from .errors import ConfigError, DataError, MinialexnetError, TrainingDiverged
+from .errors import ConfigError, DataError, MinialexnetError, ShapeError, TrainingDiverged
 from .files import atomic_write_text, describe_os_error, remove_stale_temps
 from .layers import SoftmaxCrossEntropy
 from .inference import evaluate, load_model_weights
@@ -228,9 +228,9 @@ class Trainer:
         # In the model's dtype: a float64 net (gradient checks, tests) computes in float64.
         x = backend.to_device(backend.xp().asarray(x, dtype=self.model.dtype), self.device)
         step = self.step + 1
-        # Dropout masks from (seed, layer, draw): one draw number per (step, rank), so
-        # the ranks' masks are independent.
-        self.model.set_draw(self.step * self.comm.size + self.comm.rank)
+        # Dropout masks from (seed, layer, step), drawn for the global batch, of
+        # which x is this rank's rows: the masks one process would apply to x.
+        self.model.set_draw(self.step, rows=self._global_rows(len(x)))
         logits = self.model.forward(x, record=self.monitor.hook(step))
         # The loss runs where the logits are (the model's first device, fc8's), so
         # that its labels, arange and dlogits are made there, not on device 0.
@@ -249,6 +249,16 @@ class Trainer:
             rec["epoch"] = self.epoch + 1
             self.health.append(rec)
         return loss, logits
+
+    def _global_rows(self, n):
+        """(lo, global batch) of this rank's n images; None in one process."""
+        if self.comm.size == 1:
+            return None
+        lo, hi = self.loader.rows(self.loader.batch_size)
+        if n != hi - lo:
+            raise ShapeError(f"rank {self.comm.rank}: a batch of {n} images, but its share "
+                             f"of the global batch of {self.loader.batch_size} is {hi - lo}")
+        return lo, self.loader.batch_size
 
     # ------------------------------------------------------------ epochs
     def run(self, epochs=None, max_steps=None, on_epoch=None, on_step=None):

@@ -4,9 +4,10 @@ this CPU, one BLAS thread per rank, on the built-in dataset with a float64 four-
 - K ranks at B/K images each make the step of one process at B: after 6 steps (an
   epoch boundary, so the sharded validation too) the weights agree with one
   process's to 1e-12 relative (float64 rounding: the two halves' means are averaged
-  instead of one mean taken), and the two ranks' weights are bit-identical.
+  instead of one mean taken), and the two ranks' weights are bit-identical.  The same
+  with a small AlexNet with dropout in training: the ranks apply one process's masks.
 - A checkpoint written by 2 ranks resumes in 1 process, and one written by 1 process
-  resumes on 2 ranks, continuing the same run (to the same bound).
+  resumes on 2 ranks, continuing the same run (to the same bound), dropout included.
 - Faults: a hung rank is named within --rank-timeout; a killed rank stops the job
   (by MPICH at once, or by our watchdog within the timeout) and is named; a config
   mismatch and a start-up error give one line; SIGTERM on the launcher leaves the
@@ -32,6 +33,7 @@ import pytest
 
 from minialexnet import backend, data, distributed, train
 from minialexnet.checkpoint import load_checkpoint
+from minialexnet.errors import MinialexnetError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "mpi_worker.py"
@@ -41,6 +43,10 @@ BOUND = 1e-12          # relative: K=2 against one process, float64
 TINY = ["--model", "fournet", "--n-train", "128", "--n-val", "64", "--batch-size", "32",
         "--no-progress", "--workers", "1", "--checkpoint-every", "0",
         "--model-kwargs", '{"dtype": "float64"}']
+# A net with dropout in training (drop6, drop7 in each tower), as small: the ranks must
+# apply the masks one process applies to the same images.
+DROPOUT = TINY[:1] + ["small-alexnet", "--dropout", "0.5"] + TINY[2:-1] + [
+    '{"dtype": "float64", "width": 0.125}']
 
 
 def _mpiexec():
@@ -73,8 +79,8 @@ def mpirun(n, args, launcher=(), timeout=120, worker=True, wait=True):
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-def one_process(out, *extra):
-    code = train.main(TINY + ["--out", str(out), *extra])
+def one_process(out, *extra, args=TINY):
+    code = train.main(args + ["--out", str(out), *extra])
     backend.use("numpy")
     assert code == 0
 
@@ -86,7 +92,8 @@ def arrays_of(path):
 
 def assert_same_run(a, b, bound=BOUND):
     """Checkpoint arrays a and b agree to ``bound`` relative to each array's largest."""
-    assert a.keys() == b.keys() and len(a) == 16
+    assert a.keys() == b.keys()
+    assert sum(k.startswith("model.") for k in a) == sum(k.startswith("optim.") for k in a) > 0
     for k in a:
         scale = max(np.abs(a[k]).max(), 1e-300)
         assert np.abs(a[k] - b[k]).max() <= bound * scale, k
@@ -97,6 +104,14 @@ def straight(tmp_path_factory):
     """One process, 6 steps (epoch 1 of 4 steps, its validation, 2 more)."""
     out = tmp_path_factory.mktemp("straight") / "run"
     one_process(out, "--max-steps", "6", "--epochs", "5")
+    return arrays_of(out / "checkpoint.npz")
+
+
+@pytest.fixture(scope="module")
+def straight_dropout(tmp_path_factory):
+    """As ``straight``, with the small AlexNet and its dropout."""
+    out = tmp_path_factory.mktemp("straight_dropout") / "run"
+    one_process(out, "--max-steps", "6", "--epochs", "5", args=DROPOUT)
     return arrays_of(out / "checkpoint.npz")
 
 
@@ -136,6 +151,27 @@ def test_a_rank_s_batch_is_its_rows_of_the_one_process_batch(transform):
     assert len(shards[1]) == len(whole) == 5
     with pytest.raises(ValueError, match="does not split into 5 equal shares"):
         data.Loader(ds.x, ds.y, 12, t, shard=(0, 5))
+
+
+class SecondOfTwo(distributed.Communicator):
+    """Rank 1 of 2 in one process (its collectives stay the identity)."""
+    rank, size = 1, 2
+
+
+def test_a_rank_s_step_keeps_its_rows_of_the_global_batch_s_dropout_masks():
+    c = train.default_config(n_train=64, n_val=16, batch_size=8, dropout=0.5, out=None,
+                             model_kwargs={"width": 0.125}, progress=False, workers=1)
+    train_set, val, mean, std, _ = train.prepare_data(c)
+    model = train.make_model(c, train_set.num_classes)
+    t = train.Trainer(model, train_set, val, mean, c, log=lambda *a: None, std=std,
+                      comm=SecondOfTwo())
+    x, y = t.loader.make_batch(0, 0)
+    t.train_step(x, y)
+    drops = [l for _, l, _ in model.named_layers() if hasattr(l, "draw")]
+    assert len(drops) == 4 and all(l.rows == (4, 8) and l.draw == 1 for l in drops)
+    with pytest.raises(MinialexnetError, match=r"^rank 1: a batch of 3 images, but its "
+                                               r"share of the global batch of 8 is 4$"):
+        t.train_step(x[:3], y[:3])
 
 
 def test_buckets_keep_model_order_split_by_size_and_dtype():
@@ -199,22 +235,41 @@ def test_two_ranks_make_the_one_process_step_and_agree_bit_for_bit(tmp_path, str
 
 
 @needs_mpi
-def test_a_checkpoint_resumes_with_another_rank_count(tmp_path, straight):
-    """2 ranks -> 1 process, and 1 process -> 2 ranks: both continue the same run."""
+def test_two_ranks_apply_the_one_process_dropout_masks(tmp_path, straight_dropout):
+    """With dropout in training, too: each rank keeps its rows of the global batch's
+    masks, so 2 ranks make the one-process run, not just an equally likely one."""
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    res = mpirun(2, ["--dump", str(dump), "--", *DROPOUT, "--distributed", "--max-steps", "6",
+                     "--epochs", "5", "--out", str(tmp_path / "run")])
+    assert res.returncode == 0, res.stdout + res.stderr
+    r0, r1 = np.load(dump / "rank0.npz"), np.load(dump / "rank1.npz")
+    assert int(r0["step"]) == 6
+    for k in r0.files:
+        np.testing.assert_array_equal(r0[k], r1[k], err_msg=k)        # bit-identical ranks
+    got, meta = arrays_of(tmp_path / "run" / "checkpoint.npz")
+    assert meta["model_config"]["dropout"] == 0.5 and meta["model_config"]["towers"] == 2
+    assert_same_run(straight_dropout[0], got)
+
+
+@needs_mpi
+def test_a_checkpoint_resumes_with_another_rank_count(tmp_path, straight_dropout):
+    """2 ranks -> 1 process, and 1 process -> 2 ranks: both continue the same run,
+    dropout masks included (they are keyed by step, not by rank)."""
     a, b = tmp_path / "a", tmp_path / "b"
-    res = mpirun(2, [*TINY, "--distributed", "--max-steps", "3", "--epochs", "5", "--out", str(a)],
-                 worker=False)
+    res = mpirun(2, [*DROPOUT, "--distributed", "--max-steps", "3", "--epochs", "5",
+                     "--out", str(a)], worker=False)
     assert res.returncode == 0, res.stderr
-    one_process(a, "--max-steps", "6", "--epochs", "5", "--resume")
-    one_process(b, "--max-steps", "3", "--epochs", "5")
-    res = mpirun(2, [*TINY, "--distributed", "--max-steps", "6", "--epochs", "5", "--out", str(b),
-                     "--resume"], worker=False)
+    one_process(a, "--max-steps", "6", "--epochs", "5", "--resume", args=DROPOUT)
+    one_process(b, "--max-steps", "3", "--epochs", "5", args=DROPOUT)
+    res = mpirun(2, [*DROPOUT, "--distributed", "--max-steps", "6", "--epochs", "5",
+                     "--out", str(b), "--resume"], worker=False)
     assert res.returncode == 0, res.stderr
     assert "resumed" in res.stdout and res.stdout.count("resumed") == 1    # rank 0 alone logs
     for run in (a, b):
         got, meta = arrays_of(run / "checkpoint.npz")
         assert meta["step"] == 6
-        assert_same_run(straight[0], got)
+        assert_same_run(straight_dropout[0], got)
 
 
 @needs_mpi

@@ -249,6 +249,35 @@ def test_dropout_draws_a_new_mask_each_call(L):
     assert (d.forward(x) != d.forward(x)).any()
 
 
+@pytest.mark.parametrize("k,n", [(2, 8), (3, 7)])        # 7 = 2 + 2 + 3 rows: uneven
+def test_dropout_on_a_shard_applies_its_rows_of_the_whole_batch_s_mask(L, k, n):
+    """K ranks, each with rows lo..hi of a batch of n and ``rows=(lo, n)``, drop
+    exactly what one process drops on the whole batch (distributed training)."""
+    x, dy = rnd(n, 6, 5) + 10, rnd(n, 6, 5, seed=1)
+    whole = L.Dropout(0.5, name="drop6.tower1")
+    whole.draw = 4
+    want = whole.forward(x)
+    got = []
+    for r in range(k):
+        lo, hi = r * n // k, (r + 1) * n // k
+        d = L.Dropout(0.5, name="drop6.tower1")
+        d.draw, d.rows = 4, (lo, n)
+        got.append(d.forward(x[lo:hi]))
+        np.testing.assert_array_equal(d.mask, whole.mask[lo:hi])
+        np.testing.assert_array_equal(d.backward(dy[lo:hi]), (dy * whole.mask)[lo:hi])
+        assert d.draw == 5
+    np.testing.assert_array_equal(np.concatenate(got), want)
+    assert 0 < (want == 0).mean() < 1
+
+
+def test_dropout_rows_that_do_not_fit_the_global_batch_are_one_line(L):
+    d = L.Dropout(0.5, name="drop7")
+    d.rows = (6, 8)
+    with pytest.raises(ShapeError, match=r"^drop7: 3 rows from row 6 do not fit in a global "
+                                         r"batch of 8 \(rows=\(6, 8\)\)$"):
+        d.forward(np.ones((3, 4)))
+
+
 def test_softmax_cross_entropy_is_stable_for_large_logits():
     loss = SoftmaxCrossEntropy()
     logits = np.array([[1000.0, 0.0, -1000.0], [0.0, 2000.0, 0.0]], np.float32)

@@ -318,6 +318,28 @@ def test_eval_uses_the_papers_dropout_scaling():
     assert m.training and all(l.training for _, l, _ in m.named_layers())
 
 
+@pytest.mark.parametrize("layers", ["fast", "reference"])
+@pytest.mark.parametrize("k,n", [(2, 8), (3, 7)])        # 7 = 2 + 2 + 3 rows: uneven
+def test_a_shard_s_forward_is_its_rows_of_the_whole_batch_s_with_dropout(layers, k, n):
+    """``set_draw(step, rows=(lo, n))``: rows lo..hi of a batch make rows lo..hi of
+    the whole batch's training forward, dropout masks bit for bit (K ranks, one step)."""
+    m = small(dropout=0.5, dtype="float64", layers=layers)
+    x = np.random.default_rng(0).standard_normal((n, 3, 32, 32))
+    drops = [l for _, l, _ in m.named_layers() if hasattr(l, "draw")]
+    assert len(drops) == 4                      # drop6 and drop7 in each tower
+    m.set_draw(3)
+    want, masks = m.forward(x), [l.mask for l in drops]
+    for r in range(k):
+        lo, hi = r * n // k, (r + 1) * n // k
+        m.set_draw(3, rows=(lo, n))
+        got = m.forward(x[lo:hi])
+        for l, mask in zip(drops, masks):
+            np.testing.assert_array_equal(l.mask, mask[lo:hi])
+        np.testing.assert_allclose(got, want[lo:hi], rtol=1e-12, atol=1e-12 * np.abs(want).max())
+    m.set_draw(3)                               # no rows: the images are the whole batch
+    assert all(l.rows is None for l in drops)
+
+
 def test_devices_must_match_towers():
     with pytest.raises(ValueError, match="one device per tower"):
         small(devices=(0,))

@@ -84,13 +84,17 @@ class Loader:
         n = len(self.y)
         return np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
 
+    def rows(self, n):
+        """This shard's rows lo..hi of a batch of n (all of them without a shard)."""
+        return self.rank * n // self.ranks, (self.rank + 1) * n // self.ranks
+
     def make_batch(self, epoch, b, order=None):
         """Batch ``b`` of ``epoch``: (x float32 NCHW, y int64), computed here and now
         (with a shard: this rank's rows of it)."""
         order = self.order(epoch) if order is None else order
         batch = order[b * self.batch_size:(b + 1) * self.batch_size]
         n = len(batch)
-        lo, hi = self.rank * n // self.ranks, (self.rank + 1) * n // self.ranks
+        lo, hi = self.rows(n)
         idx = batch[lo:hi]
         # Sorted reads are kinder to memmaps and files; the batch order is then
         # restored so that shuffling still mixes classes within a batch.

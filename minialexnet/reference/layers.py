@@ -21,7 +21,7 @@ import zlib
 
 from .. import backend
 from ..im2col import conv_output_size
-from ..layers import Flatten, Layer, ShapeError, SoftmaxCrossEntropy, Tanh
+from ..layers import Flatten, Layer, ShapeError, SoftmaxCrossEntropy, Tanh, batch_rows
 from .im2col import col2im, im2col
 
 __all__ = ["Conv2D", "ReLU", "Tanh", "LocalResponseNorm", "MaxPool2D", "Dropout",
@@ -216,10 +216,14 @@ class Dropout(Layer):
     last forward, whatever the mode is now.  ``forward(x, mask=...)`` reuses a given
     mask (gradient checks need the same mask on every call).  Mask number ``draw``
     of the layer called ``name`` comes from a generator keyed on (seed, name, draw),
-    so a resumed run draws the masks the straight run drew.
+    so a resumed run draws the masks the straight run drew.  ``rows = (lo, n)``: x is
+    rows lo.. of a global batch of n (a rank's shard); the mask is drawn for all n
+    rows (K times x's random numbers) and x's rows kept, so K ranks apply the masks
+    of one process.  None: x is the whole batch.
     """
 
     draw = 0
+    rows = None
 
     def __init__(self, p=0.5, inverted=False, name=None):
         super().__init__(name)
@@ -233,9 +237,10 @@ class Dropout(Layer):
             self.mask, self.scale = None, x.dtype.type(1.0 if self.inverted else keep)
             return x * self.scale
         if mask is None:
+            lo, n = batch_rows(self, x)
             rng = backend.keyed_rng(zlib.crc32(self.name.encode()), self.draw)
             self.draw += 1
-            mask = rng.random(x.shape, dtype=x.dtype) >= self.p
+            mask = (rng.random((n,) + x.shape[1:], dtype=x.dtype) >= self.p)[lo:lo + len(x)]
         self.mask, self.scale = mask, x.dtype.type(1.0 / keep if self.inverted else 1.0)
         return x * mask * self.scale
 
