@@ -296,7 +296,8 @@ CH04_N_TRAIN = 8000
 CH04_N_VAL = 1000
 CH04_EPOCHS = 10
 CH04_LR = 0.01
-PAPER_04_TOP1 = 0.004        # 3.4: 3/2 lowers top-1 error by 0.4 % (top-5 by 0.3 %)
+PAPER_04_TOP1 = 0.004        # 3.4: 3/2 lowers top-1 error by 0.4 %
+PAPER_04_TOP5 = 0.003        # ... and top-5 error by 0.3 %
 
 
 def ch04_data():
