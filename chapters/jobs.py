@@ -325,6 +325,116 @@ def run_ch01(settings=None, log=print, data_sets=None):
     return out
 
 
+# ------------------------------------------------------------------ chapter 04
+# Section 3.4: overlapping 3/2 pooling against non-overlapping 2/2 in the four-layer
+# net.  At 31 px (pad-2 5x5 convolutions keep the side) both give 31 -> 15 -> 7 -> 3,
+# so the two arms have the same map sizes and the same 85,098 parameters: only the
+# windows differ (at 32 px 2/2 gives 16 -> 8 -> 4 and a fc layer 16/9 as large).
+# The recipe: unit inputs, fan-in init, no LRN, random 31-px crops of the 32-px images
+# and horizontal flips, centre 31-px crops for evaluation; SGD batch 128, momentum 0.9,
+# weight decay 5e-4, lr 0.01 (chapter 01's sweep winner for this net) divided by 10
+# after 50 %, 75 % and 90 % of the epochs (fixed in advance: no decision is taken on
+# held-out data).  CH04_N_TRAIN images, a fixed CH04_N_VAL-image validation split for
+# the per-epoch held-out curve, the 10,000 official test images for the reported error.
+CH04_POOLS = ("3/2", "2/2")
+CH04_SEEDS = (0, 1, 2)
+CH04_CROP = 31
+CH04_N_TRAIN = 8000
+CH04_N_VAL = 1000
+CH04_EPOCHS = 10
+CH04_LR = 0.01
+PAPER_04_TOP1 = 0.004        # 3.4: 3/2 lowers top-1 error by 0.4 %
+PAPER_04_TOP5 = 0.003        # ... and top-5 error by 0.3 %
+
+
+def ch04_data():
+    """(train, val, test): CH04_N_TRAIN + CH04_N_VAL CIFAR-10 training images split
+    with a fixed seed, and the 10,000 official test images (fast mode: a few hundred)."""
+    full, test = notebook.chapter_data("cifar10", n_train=notebook.pick(CH04_N_TRAIN + CH04_N_VAL, 500),
+                                       n_val=notebook.pick(10000, 200))
+    train_set, val_set = experiments.split_train_val(full, notebook.pick(CH04_N_VAL, 100))
+    return train_set, val_set, test
+
+
+def ch04_model_kwargs(pool):
+    return {"pool": pool, "lrn": False, "input_size": CH04_CROP}
+
+
+def ch04_job(pool, seed):
+    name = f"fournet31-pool{pool.replace('/', 'x')}-s{seed}"
+    cfg = dict(dataset="cifar10", model="fournet", model_kwargs=ch04_model_kwargs(pool),
+               crop=CH04_CROP, image_size=32, flip=True, epochs=notebook.pick(CH04_EPOCHS, 2),
+               batch_size=128, lr=CH04_LR, momentum=0.9, weight_decay=0.0005, schedule="budget",
+               seed=seed, checkpoint_every=100, health_every=100, workers=2)
+    return experiments.Job(name, cfg, describe={"pool": pool, "seed": seed})
+
+
+def ch04_jobs():
+    """Seed by seed, both arms at each seed: a run cut short leaves whole pairs."""
+    return [ch04_job(pool, seed) for seed in notebook.pick(CH04_SEEDS, CH04_SEEDS[:2])
+            for pool in CH04_POOLS]
+
+
+def ch04_shapes(pool, side=CH04_CROP):
+    """(pool1, pool2, pool3 output shapes (C, H, W), parameter count) of an arm."""
+    from minialexnet.models import build_model
+    m = build_model("fournet", **dict(ch04_model_kwargs(pool), input_size=side))
+    x = np.zeros((1, 3, side, side), np.float32)
+    shapes = [tuple(int(d) for d in m.features(x, f"pool{i}").shape[1:]) for i in (1, 2, 3)]
+    return shapes, m.num_params()
+
+
+def ch04_final(train_set, test_set):
+    """After training: test-mode top-1 error (centre 31-px crops) on the 10,000 test
+    images and on the training images; their difference is the overfitting gap."""
+    def after(trainer):
+        m, s, crop = trainer.mean, trainer.std, trainer.cfg["crop"]
+        test = train.evaluate(trainer.model, test_set, crop, m, std=s)
+        tr = train.evaluate(trainer.model, train_set, crop, m, std=s)
+        return {"n_test": len(test_set), "n_train": len(train_set), "test": test, "train": tr,
+                "gap": test["top1"] - tr["top1"]}
+    return after
+
+
+def compare_arms(a, b, labels=("3/2", "2/2"), what="lower"):
+    """The verdict rule, fixed before the runs.  ``a``, ``b``: per-seed values of a
+    quantity where lower is better (test error, overfitting gap) for arms
+    ``labels``.  The difference of the means b - a (positive: a is lower) and its
+    standard error sqrt(s_a^2 / n_a + s_b^2 / n_b) across seeds (s: the sample std);
+    "<a> lower" only if the difference exceeds 2 standard errors, "<b> lower" if it is
+    below -2, else "within noise".  Fewer than 2 seeds in an arm: no verdict."""
+    a, b = [float(v) for v in a], [float(v) for v in b]
+    out = {"n_a": len(a), "n_b": len(b), "values_a": a, "values_b": b,
+           "mean_a": float(np.mean(a)) if a else None, "mean_b": float(np.mean(b)) if b else None,
+           "sd_a": float(np.std(a, ddof=1)) if len(a) > 1 else None,
+           "sd_b": float(np.std(b, ddof=1)) if len(b) > 1 else None,
+           "diff": None, "se": None, "z": None}
+    if len(a) < 2 or len(b) < 2:
+        out["verdict"] = f"not enough seeds ({len(a)} and {len(b)}; 2 per arm at least)"
+        return out
+    out["diff"] = out["mean_b"] - out["mean_a"]
+    out["se"] = float(np.sqrt(out["sd_a"] ** 2 / len(a) + out["sd_b"] ** 2 / len(b)))
+    out["z"] = out["diff"] / out["se"] if out["se"] > 0 else float("inf") * np.sign(out["diff"])
+    if out["diff"] > 2 * out["se"]:
+        out["verdict"] = f"{labels[0]} {what}"
+    elif out["diff"] < -2 * out["se"]:
+        out["verdict"] = f"{labels[1]} {what}"
+    else:
+        out["verdict"] = "within noise"
+    return out
+
+
+def run_ch04(log=print, data_sets=None):
+    """{job name: record or None}: both arms at every seed; trains what is missing
+    unless MINIALEXNET_RENDER_ONLY is set."""
+    train_set, val_set, test = data_sets or ch04_data()
+    results, runs = dirs("04_overlapping_pooling")
+    return {job.name: experiments.run_job(job, train_set, val_set, results, runs, log=log,
+                                          after=ch04_final(train_set, test),
+                                          train_missing=not RENDER_ONLY)
+            for job in ch04_jobs()}
+
+
 if __name__ == "__main__":
     which = sys.argv[1:] or ["08"]
     for chapter in which:
@@ -334,6 +444,8 @@ if __name__ == "__main__":
             run_ch08(ch08_control())
         elif chapter == "08:imagenette":         # the paper's AlexNet on real photos
             run_ch08b()
+        elif chapter == "04":
+            run_ch04()
         elif chapter == "01":
             run_ch01()
         elif chapter == "01:raw":                # the raw-pixel health run
@@ -341,5 +453,5 @@ if __name__ == "__main__":
         elif chapter.startswith("01:"):          # one setting: 01:deep
             run_ch01([chapter[3:]])
         else:
-            sys.exit(f"jobs.py: unknown chapter {chapter!r} (have: 01, 01:<setting>, 01:raw, 08, "
+            sys.exit(f"jobs.py: unknown chapter {chapter!r} (have: 01, 01:<setting>, 01:raw, 04, 08, "
                      "08:control, 08:imagenette)")

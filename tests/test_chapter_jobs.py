@@ -67,3 +67,50 @@ def test_raw_pixel_jobs_are_the_old_recipe():
         stds = job.cfg["model_kwargs"]["init_std"]
         assert job.cfg["input_scale"] == "paper"
         assert math.isclose(stds["conv1"], fan["conv1"] / 64) and math.isclose(stds["fc4"], fan["fc4"])
+
+
+# ---------------------------------------------------------------- chapter 04
+def test_ch04_arms_have_the_same_maps_and_parameters_at_31_px():
+    (maps_a, params_a), (maps_b, params_b) = (jobs.ch04_shapes(p) for p in jobs.CH04_POOLS)
+    assert jobs.CH04_CROP == 31
+    assert maps_a == maps_b == [(32, 15, 15), (32, 7, 7), (64, 3, 3)]
+    assert params_a == params_b
+    # ...which they do not at 32 px: the confound the 31-px crops remove
+    assert jobs.ch04_shapes("2/2", 32)[1] > jobs.ch04_shapes("3/2", 32)[1]
+
+
+def test_ch04_jobs_differ_only_in_the_pooling():
+    jobs_ = jobs.ch04_jobs()
+    assert len({j.name for j in jobs_}) == len(jobs_)
+    for seed in {j.describe["seed"] for j in jobs_}:
+        pair = [j for j in jobs_ if j.describe["seed"] == seed]
+        assert sorted(j.describe["pool"] for j in pair) == sorted(jobs.CH04_POOLS)
+        a, b = (dict(j.cfg, model_kwargs={k: v for k, v in j.cfg["model_kwargs"].items() if k != "pool"})
+                for j in pair)
+        assert a == b and a["crop"] == jobs.CH04_CROP and a["seed"] == seed
+        assert {j.cfg["model_kwargs"]["pool"] for j in pair} == set(jobs.CH04_POOLS)
+
+
+@pytest.mark.parametrize("a, b, verdict", [
+    # 3/2 lower by 2.5 points, s.e. 0.65: more than 2 s.e.
+    ([0.40, 0.41, 0.39], [0.42, 0.43, 0.425], "3/2 lower"),
+    # the same difference with seed spreads of 2 points: s.e. 1.6, within noise
+    ([0.40, 0.42, 0.38], [0.445, 0.405, 0.425], "within noise"),
+    # 2/2 lower
+    ([0.45, 0.46, 0.455], [0.40, 0.41, 0.405], "2/2 lower"),
+    # at the edge: two seeds each, sd 0.0141, s.e. 0.0141, 2 s.e. 0.0283
+    ([0.40, 0.42], [0.427, 0.447], "within noise"),      # diff 0.027
+    ([0.40, 0.42], [0.429, 0.449], "3/2 lower"),         # diff 0.029
+])
+def test_ch04_verdict_needs_two_standard_errors(a, b, verdict):
+    out = jobs.compare_arms(a, b, what="lower")
+    assert out["verdict"] == verdict
+
+
+def test_ch04_verdict_numbers():
+    out = jobs.compare_arms([0.40, 0.41, 0.39], [0.42, 0.43, 0.425])
+    assert math.isclose(out["mean_a"], 0.40) and math.isclose(out["mean_b"], 0.425)
+    assert math.isclose(out["sd_a"], 0.01) and math.isclose(out["sd_b"], 0.005)
+    assert math.isclose(out["diff"], 0.025)
+    assert math.isclose(out["se"], math.sqrt(0.01 ** 2 / 3 + 0.005 ** 2 / 3))
+    assert jobs.compare_arms([0.4], [0.5, 0.6])["verdict"].startswith("not enough seeds")
