@@ -389,8 +389,8 @@ def ch04_final(train_set, test_set):
     images and on the training images; their difference is the overfitting gap."""
     def after(trainer):
         m, s, crop = trainer.mean, trainer.std, trainer.cfg["crop"]
-        test = train.evaluate(trainer.model, test_set, crop, m, std=s)
-        tr = train.evaluate(trainer.model, train_set, crop, m, std=s)
+        test = inference.evaluate(trainer.model, test_set, crop, m, std=s)
+        tr = inference.evaluate(trainer.model, train_set, crop, m, std=s)
         return {"n_test": len(test_set), "n_train": len(train_set), "test": test, "train": tr,
                 "gap": test["top1"] - tr["top1"]}
     return after
