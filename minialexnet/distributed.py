@@ -107,6 +107,12 @@ class Communicator:
     def allreduce_mean(self, arrays):
         """Replace each array (in place) by its mean over the ranks."""
 
+    def gradient_sync(self, model):
+        """For one training step: ``after(step)`` (``Network.backward``'s hook) and
+        ``finish()``, which leaves every gradient of ``model`` averaged over the
+        ranks.  Here: one ``allreduce_mean`` of them all at the end."""
+        return _SyncAtEnd(self, model)
+
     def sum_numbers(self, values):
         """Host numbers (ints, floats, bools) summed over ranks: a list of floats."""
         return [float(v) for v in values]
@@ -146,6 +152,79 @@ class Communicator:
 
 
 # ---------------------------------------------------------------- MPI
+class _SyncAtEnd:
+    """``gradient_sync`` without overlap: everything at ``finish``."""
+
+    def __init__(self, comm, model):
+        self.comm, self.model = comm, model
+
+    def after(self, step):
+        pass
+
+    def finish(self):
+        self.comm.allreduce_mean(self.model.grads().values())
+
+
+class _Overlapped:
+    """``gradient_sync`` over MPI: a bucket's Iallreduce starts as soon as backward
+    has made every gradient in it (buckets in model order, so the last ones, fc8's,
+    go first), and ``finish`` waits for them in turn.  Each bucket holds the same
+    arrays in the same order as ``allreduce_mean``'s, so the sums are the same bits;
+    only the time they travel changes (``started_early`` counts the buckets sent
+    before ``finish``)."""
+
+    def __init__(self, comm, model):
+        self.comm = comm
+        names = [f"{p}.{k}" for p, layer, _ in model.named_layers() for k in layer.params]
+        params = model.params()
+        self.layout = comm._layout([params[n] for n in names])
+        self.where = {}                           # name -> (bucket, index in it)
+        for b, (items, _) in enumerate(self.layout):
+            for j, (i, _, _) in enumerate(items):
+                self.where[names[i]] = (b, j)
+        self.arrays = [[None] * len(items) for items, _ in self.layout]
+        self.missing = [len(items) for items, _ in self.layout]
+        self.requests = [None] * len(self.layout)
+        self.started_early = 0
+        self.arrived = False                      # the watchdog counts one collective
+        self.spent = 0.0
+
+    def after(self, step):
+        t0 = time.perf_counter()
+        for prefix, layer, _ in step.named_layers():
+            for k in layer.params:
+                b, j = self.where[f"{prefix}.{k}"]
+                self.arrays[b][j] = layer.grads[k]
+                self.missing[b] -= 1
+                if self.missing[b] == 0:
+                    self._start(b)
+                    self.started_early += 1
+        self.spent += time.perf_counter() - t0
+
+    def _start(self, b):
+        items, buf = self.layout[b]
+        if not self.arrived:
+            self.comm.watchdog.arrive()
+            self.arrived = True
+        for a, (_, off, n) in zip(self.arrays[b], items):
+            buf[off:off + n] = backend.to_numpy(a).reshape(-1)
+        self.requests[b] = self.comm.comm.Iallreduce(self.comm.MPI.IN_PLACE, buf,
+                                                     op=self.comm.MPI.SUM)
+
+    def finish(self):
+        t0 = time.perf_counter()
+        for b in range(len(self.layout)):
+            if self.requests[b] is None:
+                raise RuntimeError(f"gradient bucket {b} was never filled: backward did "
+                                   "not reach every parameter")
+        for b, ((items, buf), req) in enumerate(zip(self.layout, self.requests)):
+            self.comm._wait([req], "gradient allreduce")
+            buf /= self.comm.size
+            for a, (_, off, n) in zip(self.arrays[b], items):
+                _put(a, buf[off:off + n])
+        self.comm.allreduce_seconds += self.spent + time.perf_counter() - t0
+
+
 def _import_mpi():
     try:
         from mpi4py import MPI
@@ -307,6 +386,10 @@ class MPICommunicator(Communicator):
                 _put(arrays[i], buf[off:off + n])
         self.allreduce_seconds += time.perf_counter() - t0
 
+    def gradient_sync(self, model):
+        """Buckets start their allreduce while backward still runs (``_Overlapped``)."""
+        return _Overlapped(self, model)
+
     def sum_numbers(self, values):
         buf = np.array([float(v) for v in values], np.float64)
         self._host_sum(buf, "step agreement")
@@ -467,6 +550,10 @@ class NCCLCommunicator(MPICommunicator):
                         np.dtype(np.float64): nccl.NCCL_FLOAT64,
                         np.dtype(np.float16): nccl.NCCL_FLOAT16}
         self._buffers = {}
+
+    def gradient_sync(self, model):
+        """NCCL reduces on the GPUs, after backward (``allreduce_mean``): no overlap."""
+        return _SyncAtEnd(self, model)
 
     def _nccl_dtype(self, a):
         try:

@@ -299,19 +299,23 @@ class Network:
 
     __call__ = forward
 
-    def backward(self, dlogits, **kwargs):
+    def backward(self, dlogits, after=None, **kwargs):
         """dL/dlogits -> dL/dimage; fills every layer's gradients (see ``grads()``).
 
         A model built with ``input_grad=False`` returns None instead of dL/dimage:
         training never needs it, and it is conv1's costliest backward pass (PyTorch
-        skips it too)."""
+        skips it too).  ``after(step)``, if given, is called as soon as each step's
+        gradients are final (last step first): distributed training starts sending
+        them while the earlier steps' backward still runs."""
         if kwargs:
-            raise TypeError(f"{self.name}.backward() takes only dlogits, not "
+            raise TypeError(f"{self.name}.backward() takes only dlogits (and after), not "
                             f"{', '.join(kwargs)}: whether it computes dL/dimage is fixed "
                             "when the model is built (build_model(..., input_grad=False))")
         dy = dlogits
         for step in reversed(self.steps):
             dy = step.backward(dy)
+            if after is not None:
+                after(step)
         return dy
 
     def _input_layers(self):

@@ -240,9 +240,12 @@ class Trainer:
             loss = self.criterion.forward(logits, y)
             dlogits = self.criterion.backward()
         # dL/d(image) only if the model was built with input_grad (make_model: not).
-        self.model.backward(dlogits)
+        # Distributed: the ranks' mean gradient, each bucket sent as soon as backward
+        # has made it (one process: nothing to do).
+        sync = self.comm.gradient_sync(self.model)
+        self.model.backward(dlogits, after=sync.after)
+        sync.finish()
         grads = self.model.grads()
-        self.comm.allreduce_mean(grads.values())   # distributed: the ranks' mean gradient
         self.optimizer.step(grads)
         rec = self.monitor.after_update(step, self.optimizer)
         if rec is not None:

@@ -209,6 +209,41 @@ def test_a_rank_s_devices_are_shifted_on_cupy_only():
     assert backend.Backend("numpy", np).nccl is None
 
 
+def test_gradient_buckets_start_while_backward_still_runs():
+    """Over MPI each bucket's allreduce starts as soon as backward has made all of its
+    gradients: the last buckets (fc4's) first, before conv1's backward has run, and
+    every bucket before ``finish``; the averaged gradients are what ``allreduce_mean``
+    gives (one rank here, COMM_SELF: the mechanics; the mpiexec tests below check the
+    sums of two ranks against one process)."""
+    MPI = pytest.importorskip("mpi4py.MPI")
+    from minialexnet.layers import SoftmaxCrossEntropy
+    from minialexnet.models import build_model
+    backend.use("numpy", seed=0)
+    comm = distributed.MPICommunicator(mpi=MPI, comm=MPI.COMM_SELF, bucket_bytes=4096)
+    model = build_model("fournet", widths=(4, 4, 8), input_grad=False)
+    x = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    loss = SoftmaxCrossEntropy()
+    loss.forward(model.forward(x), np.arange(8) % 10)
+    sync = comm.gradient_sync(model)
+    done, starts = [], []
+    real_start = sync._start
+
+    def start(b):
+        starts.append((b, len(done)))
+        real_start(b)
+    sync._start = start
+    model.backward(loss.backward(), after=lambda step: (done.append(step.name), sync.after(step)))
+    n = len(sync.layout)
+    assert n >= 3 and sync.started_early == n
+    assert [b for b, _ in starts] == sorted(range(n), reverse=True)   # model order, reversed
+    assert starts[0][1] < len(model.steps) // 2        # fc4's bucket went with most of backward to run
+    want = {k: v.copy() for k, v in model.grads().items()}
+    sync.finish()
+    for k, v in model.grads().items():
+        np.testing.assert_array_equal(v, want[k], err_msg=k)        # one rank: the mean is itself
+    assert comm.allreduce_seconds > 0
+
+
 # ---------------------------------------------------------------- mpiexec -n 2
 @needs_mpi
 def test_two_ranks_make_the_one_process_step_and_agree_bit_for_bit(tmp_path, straight):
