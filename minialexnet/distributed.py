@@ -165,64 +165,72 @@ class _SyncAtEnd:
         self.comm.allreduce_mean(self.model.grads().values())
 
 
-class _Overlapped:
-    """``gradient_sync`` over MPI: a bucket's Iallreduce starts as soon as backward
-    has made every gradient in it (buckets in model order, so the last ones, fc8's,
-    go first), and ``finish`` waits for them in turn.  Each bucket holds the same
-    arrays in the same order as ``allreduce_mean``'s, so the sums are the same bits;
-    only the time they travel changes (``started_early`` counts the buckets sent
-    before ``finish``)."""
+class _Buckets:
+    """One gradient allreduce over MPI, bucket by bucket.  ``ready(i, a)``: array
+    ``a`` (the i-th of ``templates``) is final; when its bucket is full, the bucket
+    is packed into its host buffer and its Iallreduce starts.  ``finish()`` waits
+    for each bucket in turn and writes the mean back into the arrays."""
 
-    def __init__(self, comm, model):
-        self.comm = comm
-        names = [f"{p}.{k}" for p, layer, _ in model.named_layers() for k in layer.params]
-        params = model.params()
-        self.layout = comm._layout([params[n] for n in names])
-        self.where = {}                           # name -> (bucket, index in it)
-        for b, (items, _) in enumerate(self.layout):
-            for j, (i, _, _) in enumerate(items):
-                self.where[names[i]] = (b, j)
+    def __init__(self, comm, templates):
+        self.comm, self.layout = comm, comm._layout(templates)
+        self.slot = {i: (b, j) for b, (items, _) in enumerate(self.layout)
+                     for j, (i, _, _) in enumerate(items)}
         self.arrays = [[None] * len(items) for items, _ in self.layout]
         self.missing = [len(items) for items, _ in self.layout]
         self.requests = [None] * len(self.layout)
-        self.started_early = 0
-        self.arrived = False                      # the watchdog counts one collective
-        self.spent = 0.0
+        self.started = 0                          # buckets on their way
 
-    def after(self, step):
+    def ready(self, i, a):
         t0 = time.perf_counter()
-        for prefix, layer, _ in step.named_layers():
-            for k in layer.params:
-                b, j = self.where[f"{prefix}.{k}"]
-                self.arrays[b][j] = layer.grads[k]
-                self.missing[b] -= 1
-                if self.missing[b] == 0:
-                    self._start(b)
-                    self.started_early += 1
-        self.spent += time.perf_counter() - t0
+        b, j = self.slot[i]
+        self.arrays[b][j] = a
+        self.missing[b] -= 1
+        if self.missing[b] == 0:
+            self._start(b)
+        self.comm.allreduce_seconds += time.perf_counter() - t0
 
     def _start(self, b):
+        if not self.started:
+            self.comm.watchdog.arrive()           # one collective for the watchdog
         items, buf = self.layout[b]
-        if not self.arrived:
-            self.comm.watchdog.arrive()
-            self.arrived = True
         for a, (_, off, n) in zip(self.arrays[b], items):
             buf[off:off + n] = backend.to_numpy(a).reshape(-1)
         self.requests[b] = self.comm.comm.Iallreduce(self.comm.MPI.IN_PLACE, buf,
                                                      op=self.comm.MPI.SUM)
+        self.started += 1
 
     def finish(self):
         t0 = time.perf_counter()
-        for b in range(len(self.layout)):
-            if self.requests[b] is None:
-                raise RuntimeError(f"gradient bucket {b} was never filled: backward did "
-                                   "not reach every parameter")
-        for b, ((items, buf), req) in enumerate(zip(self.layout, self.requests)):
+        if self.started < len(self.layout):
+            raise RuntimeError(f"{len(self.layout) - self.started} gradient bucket(s) never "
+                               "filled: backward did not reach every parameter")
+        for (items, buf), arrays, req in zip(self.layout, self.arrays, self.requests):
             self.comm._wait([req], "gradient allreduce")
             buf /= self.comm.size
-            for a, (_, off, n) in zip(self.arrays[b], items):
+            for a, (_, off, n) in zip(arrays, items):
                 _put(a, buf[off:off + n])
-        self.comm.allreduce_seconds += self.spent + time.perf_counter() - t0
+        self.comm.allreduce_seconds += time.perf_counter() - t0
+
+
+class _Overlapped:
+    """``gradient_sync`` over MPI: each step's gradients go to their ``_Buckets`` as
+    soon as backward has made them, so a bucket's Iallreduce starts while the steps
+    before it still run backward (buckets in model order: fc8's go first).  The
+    buckets hold the same arrays in the same order as ``allreduce_mean``'s, so the
+    sums are the same bits; only the time they travel changes."""
+
+    def __init__(self, comm, model):
+        params = model.params()
+        self.index = {name: i for i, name in enumerate(params)}
+        self.buckets = _Buckets(comm, list(params.values()))
+
+    def after(self, step):
+        for prefix, layer, _ in step.named_layers():
+            for k in layer.params:
+                self.buckets.ready(self.index[f"{prefix}.{k}"], layer.grads[k])
+
+    def finish(self):
+        self.buckets.finish()
 
 
 def _import_mpi():
@@ -370,21 +378,11 @@ class MPICommunicator(Communicator):
     def allreduce_mean(self, arrays):
         """Pack each bucket into a host buffer, start its Iallreduce at once (the next
         bucket packs while the last one travels), then unpack divided by K."""
-        t0 = time.perf_counter()
         arrays = list(arrays)
-        layout = self._layout(arrays)
-        self.watchdog.arrive()
-        requests = []
-        for items, buf in layout:
-            for i, off, n in items:
-                buf[off:off + n] = backend.to_numpy(arrays[i]).reshape(-1)
-            requests.append(self.comm.Iallreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM))
-        for (items, buf), req in zip(layout, requests):
-            self._wait([req], "gradient allreduce")
-            buf /= self.size
-            for i, off, n in items:
-                _put(arrays[i], buf[off:off + n])
-        self.allreduce_seconds += time.perf_counter() - t0
+        buckets = _Buckets(self, arrays)
+        for i, a in enumerate(arrays):
+            buckets.ready(i, a)
+        buckets.finish()
 
     def gradient_sync(self, model):
         """Buckets start their allreduce while backward still runs (``_Overlapped``)."""
