@@ -166,21 +166,29 @@ def test_a_kill_just_after_the_save_at_an_epochs_last_step_resumes_without_an_ex
     assert_same_run(killed / "checkpoint.npz", straight)
 
 
+def fails_saved_then_resumes(tmp_path, monkeypatch, straight, match):
+    """Run with the monkeypatched fault: it raises a DataError matching ``match``
+    after one line saying a checkpoint was saved; with the fault mended, resume
+    ends as the straight run did.  Returns the saved checkpoint's meta."""
+    lines = []
+    with pytest.raises(DataError, match=match):
+        train.run(cfg(tmp_path / "run"), log=lines.append)
+    monkeypatch.undo()
+    assert any("checkpoint saved to" in line for line in lines), lines
+    _, meta = weights(tmp_path / "run" / "checkpoint.npz")
+    train.run(cfg(tmp_path / "run", resume=True), log=quiet)
+    assert_same_run(tmp_path / "run" / "checkpoint.npz", straight)
+    return meta
+
+
 def test_an_error_during_validation_is_reported_after_a_save(tmp_path, monkeypatch, straight):
     """A bad validation image found at the end of the epoch: the epoch's work is
     saved before the error is reported, and resume validates and goes on."""
     def broken(*args, **kwargs):
         raise DataError("val/img7.jpg: cannot decode (truncated file)")
     monkeypatch.setattr(train, "evaluate", broken)
-    lines = []
-    with pytest.raises(DataError, match="img7"):
-        train.run(cfg(tmp_path / "run"), log=lines.append)
-    monkeypatch.undo()
-    assert any("checkpoint saved to" in line for line in lines), lines
-    _, meta = weights(tmp_path / "run" / "checkpoint.npz")
+    meta = fails_saved_then_resumes(tmp_path, monkeypatch, straight, "img7")
     assert (meta["step"], meta["epoch"], meta["saved_because"]) == (4, 0, "error")
-    train.run(cfg(tmp_path / "run", resume=True), log=quiet)
-    assert_same_run(tmp_path / "run" / "checkpoint.npz", straight)
 
 
 def test_a_bad_training_image_mid_epoch_is_reported_after_a_save(tmp_path, monkeypatch,
@@ -195,16 +203,9 @@ def test_a_bad_training_image_mid_epoch_is_reported_after_a_save(tmp_path, monke
             raise DataError("train/img42.png: cannot decode (truncated file)")
         return real(self, epoch, b, order)
     monkeypatch.setattr(data.Loader, "make_batch", make_batch)
-    lines = []
-    with pytest.raises(DataError, match="img42"):
-        train.run(cfg(tmp_path / "run"), log=lines.append)
-    monkeypatch.undo()
-    assert any("checkpoint saved to" in line for line in lines), lines
-    _, meta = weights(tmp_path / "run" / "checkpoint.npz")
+    meta = fails_saved_then_resumes(tmp_path, monkeypatch, straight, "img42")
     assert (meta["epoch"], meta["step"], meta["saved_because"]) == (0, 2, "error")
     assert (meta["loader"]["epoch"], meta["loader"]["position"]) == (0, 2)
-    train.run(cfg(tmp_path / "run", resume=True), log=quiet)
-    assert_same_run(tmp_path / "run" / "checkpoint.npz", straight)
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
