@@ -213,16 +213,17 @@ class _Buckets:
 
 
 class _Overlapped:
-    """``gradient_sync`` over MPI: each step's gradients go to their ``_Buckets`` as
-    soon as backward has made them, so a bucket's Iallreduce starts while the steps
-    before it still run backward (buckets in model order: fc8's go first).  The
-    buckets hold the same arrays in the same order as ``allreduce_mean``'s, so the
-    sums are the same bits; only the time they travel changes."""
+    """``gradient_sync`` with overlap: each step's gradients go to their buckets
+    (``_Buckets`` over MPI, ``_NCCLBuckets`` over NCCL) as soon as backward has made
+    them, so a bucket's allreduce starts while the steps before it still run backward
+    (buckets in model order: fc8's go first).  The buckets hold the same arrays in
+    the same order as ``allreduce_mean``'s, so the sums are the same bits; only the
+    time they travel changes."""
 
     def __init__(self, comm, model):
         params = model.params()
         self.index = {name: i for i, name in enumerate(params)}
-        self.buckets = _Buckets(comm, list(params.values()))
+        self.buckets = comm._bucket_sync(list(params.values()))
 
     def after(self, step):
         for prefix, layer, _ in step.named_layers():
@@ -375,11 +376,14 @@ class MPICommunicator(Communicator):
                                   for dtype, items, n in _plan(arrays, self.bucket_bytes)]
         return self._layouts[key]
 
+    def _bucket_sync(self, arrays):
+        return _Buckets(self, arrays)
+
     def allreduce_mean(self, arrays):
-        """Pack each bucket into a host buffer, start its Iallreduce at once (the next
-        bucket packs while the last one travels), then unpack divided by K."""
+        """Pack each bucket, start its allreduce at once (the next bucket packs while
+        the last one travels), then unpack divided by K."""
         arrays = list(arrays)
-        buckets = _Buckets(self, arrays)
+        buckets = self._bucket_sync(arrays)
         for i, a in enumerate(arrays):
             buckets.ready(i, a)
         buckets.finish()
@@ -523,8 +527,10 @@ class NCCLCommunicator(MPICommunicator):
     A rank whose towers sit on two GPUs has two NCCL communicators: tower device j of
     every rank forms communicator j, and each gradient is reduced on its own device
     (the calls grouped by ``groupStart``/``groupEnd``, as NCCL requires when one thread
-    drives several devices).  ``xp`` is the CuPy module and ``nccl`` its NCCL module
-    (given by the backend; tests pass recording fakes).
+    drives several devices).  Gradient buckets are reduced on a communication stream
+    per device while backward goes on (``gradient_sync``, ``_NCCLBuckets``).  ``xp``
+    is the CuPy module and ``nccl`` its NCCL module (given by the backend; tests pass
+    recording fakes).
     """
 
     kind = "NCCL"
@@ -548,10 +554,25 @@ class NCCLCommunicator(MPICommunicator):
                         np.dtype(np.float64): nccl.NCCL_FLOAT64,
                         np.dtype(np.float16): nccl.NCCL_FLOAT16}
         self._buffers = {}
+        self._streams = {}
 
-    def gradient_sync(self, model):
-        """NCCL reduces on the GPUs, after backward (``allreduce_mean``): no overlap."""
-        return _SyncAtEnd(self, model)
+    def _bucket_sync(self, arrays):
+        return _NCCLBuckets(self, arrays)
+
+    def _comm_stream(self, d):
+        """Device ``d``'s communication stream: NCCL's kernels run there, beside the
+        compute stream (the current one), so that a bucket travels while backward
+        goes on; events order the two (``_NCCLBuckets``)."""
+        if d not in self._streams:
+            with backend.device(d):
+                self._streams[d] = self.xp.cuda.Stream(non_blocking=True)
+        return self._streams[d]
+
+    def _event_on(self, stream):
+        """An event recorded now on ``stream``: a later wait covers what is queued there."""
+        ev = self.xp.cuda.Event(disable_timing=True)
+        ev.record(stream)
+        return ev
 
     def _nccl_dtype(self, a):
         try:
@@ -594,17 +615,10 @@ class NCCLCommunicator(MPICommunicator):
             self._buffers[key] = out
         return self._buffers[key]
 
-    def allreduce_mean(self, arrays):
-        t0 = time.perf_counter()
-        self._run(list(arrays), "gradient allreduce", average=True)
-        self.allreduce_seconds += time.perf_counter() - t0
-
     def broadcast_arrays(self, arrays, root=0):
-        self._run(list(arrays), "weight broadcast", root=root)
-
-    def _run(self, arrays, what, average=False, root=0):
-        """Pack each device's arrays into its buckets, reduce (average) or broadcast
-        them with NCCL, unpack; all queued on the devices' streams, then waited for."""
+        """Pack each device's arrays into its buckets, broadcast them with NCCL on the
+        current stream, unpack; then wait for all of it (once, at start-up)."""
+        arrays = list(arrays)
         buckets = self._buckets(arrays)
         self.watchdog.arrive()
         for d, items, buf in buckets:
@@ -615,27 +629,74 @@ class NCCLCommunicator(MPICommunicator):
         try:
             for d, _, buf in buckets:
                 with backend.device(d):
-                    stream = self.xp.cuda.get_current_stream().ptr
-                    if average:
-                        self.comms[d].allReduce(buf.data.ptr, buf.data.ptr, buf.size,
-                                                self._nccl_dtype(buf), self.nccl.NCCL_SUM, stream)
-                    else:
-                        self.comms[d].bcast(buf.data.ptr, buf.size, self._nccl_dtype(buf),
-                                            root, stream)
+                    self.comms[d].bcast(buf.data.ptr, buf.size, self._nccl_dtype(buf), root,
+                                        self.xp.cuda.get_current_stream().ptr)
         finally:
             self.nccl.groupEnd()
         for d, items, buf in buckets:                # queued behind the NCCL calls
             with backend.device(d):
-                if average:
-                    buf /= self.size
                 for i, off, n in items:
                     arrays[i][...] = buf[off:off + n].reshape(arrays[i].shape)
-        self._wait_devices(what)
+        self._wait_devices("weight broadcast")
 
     def abort(self, code=1):
         for c in self.comms.values():
             c.abort()
         super().abort(code)
+
+
+class _NCCLBuckets(_Buckets):
+    """One gradient allreduce over NCCL, bucket by bucket (``_Buckets``'s bookkeeping;
+    the buckets are per device, ``NCCLCommunicator._buckets``).  When a bucket is
+    full it is packed on the compute stream, and its allReduce is queued on the
+    device's communication stream behind an event recorded after the packing: the
+    reduction runs on the GPU while the later backward kernels run on the compute
+    stream.  ``finish()`` makes each compute stream wait for its communication
+    stream (an event again), queues the unpacking of the means there, and waits
+    under the watchdog until the devices are done."""
+
+    def __init__(self, comm, templates):
+        self.comm, self.layout = comm, comm._buckets(templates)
+        self.slot = {i: (b, j) for b, (_, items, _) in enumerate(self.layout)
+                     for j, (i, _, _) in enumerate(items)}
+        self.arrays = [[None] * len(items) for _, items, _ in self.layout]
+        self.missing = [len(items) for _, items, _ in self.layout]
+        self.started = 0
+
+    def _start(self, b):
+        c = self.comm
+        if not self.started:
+            c.watchdog.arrive()
+        d, items, buf = self.layout[b]
+        with backend.device(d):
+            for a, (_, off, n) in zip(self.arrays[b], items):
+                buf[off:off + n] = a.reshape(-1)
+            stream = c._comm_stream(d)
+            stream.wait_event(c._event_on(c.xp.cuda.get_current_stream()))   # packed
+            c.nccl.groupStart()               # a group of one: several communicators, one thread
+            try:
+                c.comms[d].allReduce(buf.data.ptr, buf.data.ptr, buf.size, c._nccl_dtype(buf),
+                                     c.nccl.NCCL_SUM, stream.ptr)
+            finally:
+                c.nccl.groupEnd()
+        self.started += 1
+
+    def finish(self):
+        t0 = time.perf_counter()
+        if self.started < len(self.layout):
+            raise RuntimeError(f"{len(self.layout) - self.started} gradient bucket(s) never "
+                               "filled: backward did not reach every parameter")
+        c = self.comm
+        for d in dict.fromkeys(d for d, _, _ in self.layout):
+            with backend.device(d):
+                c.xp.cuda.get_current_stream().wait_event(c._event_on(c._comm_stream(d)))
+        for (d, items, buf), arrays in zip(self.layout, self.arrays):
+            with backend.device(d):
+                buf /= c.size
+                for a, (_, off, n) in zip(arrays, items):
+                    a[...] = buf[off:off + n].reshape(a.shape)
+        c._wait_devices("gradient allreduce")
+        c.allreduce_seconds += time.perf_counter() - t0
 
 
 # ---------------------------------------------------------------- starting

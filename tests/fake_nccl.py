@@ -64,30 +64,93 @@ class PtrArray(fake_devices.FakeArray):
 
 
 class FakeCupy:
-    """The CuPy calls NCCLCommunicator makes, recorded (``xp`` of the communicator)."""
+    """The CuPy calls NCCLCommunicator makes, recorded (``xp`` of the communicator).
+
+    Streams and events are modelled enough to catch ordering mistakes: each device
+    has its compute stream (``get_current_stream``) and any number of ``Stream``s.
+    A collective queued on a stream that has not waited for an event recorded on the
+    compute stream since its last collective would read a bucket before it is packed;
+    a host wait (``Event.done``) while a collective's stream has not been joined back
+    into the compute stream (``wait_event`` on an event recorded after it) would let
+    the host, and the optimiser, see gradients before they are reduced.  Both go to
+    ``rec.problems``."""
 
     def __init__(self, rec):
         self.rec = rec
         self.buffers = {}        # ptr -> (array, device): what NCCL may be handed
+        self.streams = {}        # ptr -> Stream (compute streams included)
         outer = self
+
+        class Stream:
+            def __init__(self, *args, ptr=None, **kwargs):
+                if ptr is None:
+                    outer.rec.add("cuda.Stream", args, kwargs)
+                self.ptr = ptr if ptr is not None else 2000 + len(outer.streams)
+                self.device = fake_devices.current_device()
+                self.ready = True            # waited for the compute stream since its last collective
+                self.unjoined = False        # a collective not yet waited for by the compute stream
+                outer.streams[self.ptr] = self
+
+            def wait_event(self, *args, **kwargs):
+                outer.rec.add("cuda.Stream.wait_event", args, kwargs)
+                ev = args[0] if args else kwargs["event"]
+                src = outer.streams[ev.stream]
+                if src.device != self.device:
+                    outer.rec.problems.append("wait_event: an event of another device")
+                if src.ptr == outer.compute(self.device).ptr:
+                    self.ready = True
+                for ptr in ev.covers:        # the compute stream waits for these collectives
+                    outer.streams[ptr].unjoined = False
 
         class Event:
             def __init__(self, *args, **kwargs):
                 outer.rec.add("cuda.Event", args, kwargs)
+                self.stream, self.covers = None, ()
 
             def record(self, *args, **kwargs):
                 outer.rec.add("cuda.Event.record", args, kwargs)
+                stream = args[0] if args else kwargs.get("stream") or outer.compute()
+                self.stream = stream.ptr
+                self.covers = (stream.ptr,) if stream.unjoined else ()
 
             @property
             def done(self):
                 outer.rec.add("cuda.Event.done", (), {})
+                late = [s.ptr for s in outer.streams.values() if s.unjoined]
+                if late:
+                    outer.rec.problems.append(f"host wait before the compute stream joined the "
+                                              f"collectives of stream(s) {late}")
                 return True
 
         def get_current_stream(*args, **kwargs):
             outer.rec.add("cuda.get_current_stream", args, kwargs)
-            return types.SimpleNamespace(ptr=1000 + fake_devices.current_device())
+            return outer.compute()
 
-        self.cuda = types.SimpleNamespace(Event=Event, get_current_stream=get_current_stream)
+        self.Stream = Stream
+        self.cuda = types.SimpleNamespace(Event=Event, Stream=Stream,
+                                          get_current_stream=get_current_stream)
+
+    def compute(self, device=None):
+        """A device's compute stream (the current stream: CuPy's null stream here)."""
+        device = fake_devices.current_device() if device is None else device
+        ptr = 1000 + device
+        if ptr not in self.streams:
+            with fake_devices._Bypass():
+                self.Stream(ptr=ptr)
+            self.streams[ptr].device = device
+        return self.streams[ptr]
+
+    def collective(self, stream_ptr, device, what):
+        """NCCL queued ``what`` on stream ``stream_ptr`` of ``device``: check and note it."""
+        s = self.streams.get(stream_ptr)
+        if s is None or s.device != device:
+            self.rec.problems.append(f"{what}: stream {stream_ptr} is not a stream of device {device}")
+            return
+        if not s.ready:
+            self.rec.problems.append(f"{what}: queued on stream {stream_ptr} without waiting for "
+                                     "the compute stream's packing")
+        if s.ptr != self.compute(device).ptr:
+            s.ready, s.unjoined = False, True
 
     def empty(self, *args, **kwargs):
         self.rec.add("empty", args, kwargs)
@@ -157,6 +220,7 @@ class FakeNccl:
                 self._grouped("allReduce")
                 if send != recv or op != outer.NCCL_SUM:
                     outer.rec.problems.append("allReduce: expected an in-place sum")
+                outer.cupy.collective(stream, self.device, "allReduce")
                 buf = self._buffer(send, count, datatype, "allReduce")
                 if buf is not None:
                     from mpi4py import MPI
@@ -166,6 +230,7 @@ class FakeNccl:
                 outer.rec.add("NcclCommunicator.bcast", args, kwargs)
                 buff, count, datatype, root, stream = args
                 self._grouped("bcast")
+                outer.cupy.collective(stream, self.device, "bcast")
                 buf = self._buffer(buff, count, datatype, "bcast")
                 if buf is not None:
                     outer.mpi.Bcast(buf, root=root)
@@ -275,9 +340,9 @@ def check_cupy_calls(calls):
     for path, nargs, kwargs in sorted({(p, n, tuple(k)) for p, n, k in calls}):
         if not path.startswith(("cuda.", "empty")):
             continue
-        obj = cupy
+        obj, parent = cupy, None
         for part in path.split("."):
-            obj = getattr(obj, part, None)
+            parent, obj = obj, getattr(obj, part, None)
         if obj is None:
             problems.append(f"cupy.{path} does not exist")
             continue
@@ -287,8 +352,9 @@ def check_cupy_calls(calls):
             sig = inspect.signature(obj)
         except (TypeError, ValueError):
             continue
+        self_arg = isinstance(parent, type) and "self" in sig.parameters   # an unbound method
         try:
-            sig.bind(*([None] * nargs), **{k: None for k in kwargs})
+            sig.bind(*([None] * (nargs + self_arg)), **{k: None for k in kwargs})
         except TypeError as e:
             problems.append(f"cupy.{path}: {e} (real: {sig})")
     return problems

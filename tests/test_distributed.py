@@ -245,6 +245,44 @@ def test_gradient_buckets_start_while_backward_still_runs():
     assert comm.allreduce_seconds > 0
 
 
+def test_nccl_buckets_travel_on_their_own_streams_while_backward_still_runs():
+    """Over NCCL (two fake GPUs, the two towers on them; one rank, COMM_SELF) each
+    bucket's allReduce is queued on its device's communication stream as soon as
+    backward has made its gradients, behind an event recorded after the packing, and
+    ``finish`` joins the streams back before the host waits (the fake records any
+    broken order as a problem); the gradients are those of ``allreduce_mean``."""
+    MPI = pytest.importorskip("mpi4py.MPI")
+    import fake_devices
+    import fake_nccl
+    from minialexnet.layers import SoftmaxCrossEntropy
+    from minialexnet.models import build_model
+    backend.use(fake_devices.FakeDevices(2), seed=0)
+    rec = fake_nccl.Recorder()
+    xp = fake_nccl.FakeCupy(rec)
+    comm = distributed.NCCLCommunicator([0, 1], xp, fake_nccl.FakeNccl(MPI.COMM_SELF, xp),
+                                        mpi=MPI, comm=MPI.COMM_SELF, bucket_bytes=4096)
+    model = build_model("small-alexnet", towers=2, devices=(0, 1), width=0.125, input_grad=False)
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    loss = SoftmaxCrossEntropy()
+    loss.forward(model.forward(x), np.arange(4))
+    sync = comm.gradient_sync(model)
+    done, order = [], []
+    for d, c in comm.comms.items():
+        c.allReduce = (lambda f, d: lambda *a: (order.append((d, len(done), a[5])), f(*a)))(c.allReduce, d)
+    model.backward(loss.backward(), after=lambda step: (done.append(step.name), sync.after(step)))
+    n = len(sync.buckets.layout)
+    assert n >= 4 and len(order) == n                     # every bucket before finish()
+    assert order[0][1] < len(model.steps) // 2           # fc8's went with most of backward to run
+    assert {d for d, _, _ in order} == {0, 1}            # both towers' devices reduce
+    compute = {d: xp.compute(d).ptr for d in (0, 1)}
+    assert all(stream != compute[d] for d, _, stream in order)   # not on the compute stream
+    want = {k: backend.to_numpy(v).copy() for k, v in model.grads().items()}
+    sync.finish()
+    assert rec.problems == [], rec.problems
+    for k, v in model.grads().items():
+        np.testing.assert_array_equal(backend.to_numpy(v), want[k], err_msg=k)
+
+
 # ---------------------------------------------------------------- mpiexec -n 2
 @needs_mpi
 def test_two_ranks_make_the_one_process_step_and_agree_bit_for_bit(tmp_path, straight):
