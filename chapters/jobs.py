@@ -450,10 +450,7 @@ def run_ch04(log=print, data_sets=None):
 # dropout 0.5, SGD batch 128, momentum 0.9, weight decay 5e-4, lr 0.01 divided by 10
 # after 50 %, 75 % and 90 % of the epochs (fixed in advance), trained to the end.
 # Size: 10,000 training images x 12 epochs, a fixed 1,000-image validation split, the
-# 10,000 test images.  Planned about 46 min for the 9 runs alone on 2 cores: a pilot
-# measured CPU time per training image of each arm against small AlexNet at 32 px
-# (whose 260 img/s alone is known): two towers ~330 img/s at 28 px, the one-tower nets
-# ~500 (half the conv arithmetic); evaluation ~1,000 img/s.
+# 10,000 test images; about 46 min for the 9 runs alone on 2 cores (ch02_planned_minutes).
 CH02_CROP = 28
 CH02_HALF_WIDTHS = (16, 32, 48, 48, 64)        # half of 32/64/96/96/64, conv5 kept (footnote)
 CH02_MATCHED_FC = 569                          # fc6 = fc7 width of the matched arm
@@ -472,6 +469,13 @@ CH02_LR = 0.01
 PAPER_02_TOP1 = 0.017        # 3.2: two GPUs lower top-1 error by 1.7 %
 PAPER_02_TOP5 = 0.012        # ... and top-5 error by 1.2 %
 PAPER_02_PARAMS = {"two-GPU": 60965224, "one-GPU": 59798312}   # alexnet, alexnet-half
+# The pilot's speeds, alone on 2 cores: each arm's CPU time per training image (28 px,
+# batch 128) was measured against small AlexNet's at 32 px, whose 260 img/s alone is
+# known: two towers ~330 img/s, the one-tower nets ~500 (half the conv arithmetic;
+# the two measured 516 and 481, within the pilot's noise); evaluation ~1,000 img/s.
+CH02_PILOT_TRAIN_RATE = {"two-towers": 330, "one-tower-matched": 500, "one-tower-half": 500}
+CH02_PILOT_EVAL_RATE = 1000
+CH02_N_TEST = 10000
 
 
 def ch02_model_kwargs(arm):
@@ -510,7 +514,7 @@ def ch02_data():
     """(train, val, test): CH02_N_TRAIN + CH02_N_VAL CIFAR-10 training images split with
     a fixed seed, and the 10,000 official test images (fast mode: a few hundred)."""
     full, test = notebook.chapter_data("cifar10", n_train=notebook.pick(CH02_N_TRAIN + CH02_N_VAL, 256),
-                                       n_val=notebook.pick(10000, 128))
+                                       n_val=notebook.pick(CH02_N_TEST, 128))
     train_set, val_set = experiments.split_train_val(full, notebook.pick(CH02_N_VAL, 64))
     return train_set, val_set, test
 
@@ -530,6 +534,15 @@ def ch02_jobs():
     seeds = notebook.pick(CH02_SEEDS, CH02_SEEDS[:2])
     main = [ch02_job(arm, seed) for seed in seeds for arm in CH02_MAIN]
     return main + [ch02_job(arm, seed) for arm in CH02_ARMS if arm not in CH02_MAIN for seed in seeds]
+
+
+def ch02_planned_minutes():
+    """The full mode's planned time alone on 2 cores, from the pilot's speeds: every
+    run's training images, and its validation after each epoch and final test."""
+    seconds = sum(CH02_N_TRAIN * CH02_EPOCHS / CH02_PILOT_TRAIN_RATE[arm]
+                  + (CH02_N_VAL * CH02_EPOCHS + CH02_N_TEST) / CH02_PILOT_EVAL_RATE
+                  for arm in CH02_ARMS for _ in CH02_SEEDS)
+    return seconds / 60
 
 
 def ch02_final(test_set):

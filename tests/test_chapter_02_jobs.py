@@ -97,3 +97,11 @@ def test_jobs_py_runs_chapter_02(tmp_path):
     r = subprocess.run([sys.executable, "jobs.py", "no-such-chapter"], cwd=CHAPTERS, env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and " 02," in r.stderr
+
+
+def test_ch02_full_mode_fits_its_budget():
+    # the plan: at most 75 min alone on 2 cores, at the pilot's speeds
+    minutes = jobs.ch02_planned_minutes()
+    assert 30 < minutes <= 75
+    two = jobs.CH02_N_TRAIN * jobs.CH02_EPOCHS / jobs.CH02_PILOT_TRAIN_RATE["two-towers"]
+    assert minutes * 60 > len(jobs.CH02_SEEDS) * two        # every two-tower run is counted
