@@ -435,6 +435,134 @@ def run_ch04(log=print, data_sets=None):
             for job in ch04_jobs()}
 
 
+# ------------------------------------------------------------------ chapter 02
+# Section 3.2: the two-tower small AlexNet against one-tower nets on CIFAR-10.  The
+# paper's baseline had half the kernels in every conv layer but conv5, and the same fc
+# layers; since fc6 holds most of AlexNet's parameters, it had about as many
+# parameters as the two-GPU net (59,798,312 against 60,965,224, -1.9 %).  At 28 px the
+# small net's fc layers hold less of the total, so the literal half net has 14 % fewer
+# parameters (475,786 against 552,138).  The matched control keeps the paper's half
+# kernels (16/32/48/48/64) and widens fc6 and fc7 until the counts agree
+# (CH02_MATCHED_FC = 569: 552,679 parameters, +0.1 %): the paper's own matching rule
+# (keep the fc layers large), carried to the small net.  The literal half net is the
+# third arm.  The recipe in every arm:
+# unit inputs, He init, zero biases, random 28-px crops of the 32-px images and flips,
+# dropout 0.5, SGD batch 128, momentum 0.9, weight decay 5e-4, lr 0.01 divided by 10
+# after 50 %, 75 % and 90 % of the epochs (fixed in advance), trained to the end.
+# Size: 10,000 training images x 12 epochs, a fixed 1,000-image validation split, the
+# 10,000 test images; about 46 min for the 9 runs alone on 2 cores (ch02_planned_minutes).
+CH02_CROP = 28
+CH02_HALF_WIDTHS = (16, 32, 48, 48, 64)        # half of 32/64/96/96/64, conv5 kept (footnote)
+CH02_MATCHED_FC = 569                          # fc6 = fc7 width of the matched arm
+CH02_ARMS = {                                  # arm -> model kwargs (the names in job names)
+    "two-towers": {"towers": 2},
+    "one-tower-matched": {"towers": 1, "widths": list(CH02_HALF_WIDTHS),
+                          "fc": [CH02_MATCHED_FC, CH02_MATCHED_FC]},
+    "one-tower-half": {"towers": 1, "widths": list(CH02_HALF_WIDTHS)},
+}
+CH02_MAIN = ("two-towers", "one-tower-matched")   # the verdict's arms; the half arm runs last
+CH02_SEEDS = (0, 1, 2)
+CH02_N_TRAIN = 10000
+CH02_N_VAL = 1000
+CH02_EPOCHS = 12
+CH02_LR = 0.01
+PAPER_02_TOP1 = 0.017        # 3.2: two GPUs lower top-1 error by 1.7 %
+PAPER_02_TOP5 = 0.012        # ... and top-5 error by 1.2 %
+PAPER_02_PARAMS = {"two-GPU": 60965224, "one-GPU": 59798312}   # alexnet, alexnet-half
+# The pilot's speeds, alone on 2 cores: each arm's CPU time per training image (28 px,
+# batch 128) was measured against small AlexNet's at 32 px, whose 260 img/s alone is
+# known: two towers ~330 img/s, the one-tower nets ~500 (half the conv arithmetic;
+# the two measured 516 and 481, within the pilot's noise); evaluation ~1,000 img/s.
+CH02_PILOT_TRAIN_RATE = {"two-towers": 330, "one-tower-matched": 500, "one-tower-half": 500}
+CH02_PILOT_EVAL_RATE = 1000
+CH02_N_TEST = 10000
+
+
+def ch02_model_kwargs(arm):
+    if arm not in CH02_ARMS:
+        raise ValueError(f"chapter 02: unknown arm {arm!r} (have: {', '.join(CH02_ARMS)})")
+    return dict(CH02_ARMS[arm], input_size=CH02_CROP)
+
+
+def ch02_params(arm, **override):
+    """{layer: parameters} of an arm (``override``: other model kwargs, to try widths)."""
+    from minialexnet.models import build_model
+    m = build_model("small-alexnet", **dict(ch02_model_kwargs(arm), **override))
+    out = {}
+    for name, w in m.params().items():
+        layer = name.split(".")[0]
+        out[layer] = out.get(layer, 0) + int(w.size)
+    return out
+
+
+def ch02_best_fc(widths=CH02_HALF_WIDTHS, lo=512, hi=1024):
+    """The fc6/fc7 width (lo..hi) of a one-tower net with conv ``widths`` whose parameter
+    count is closest to the two-tower net's (how CH02_MATCHED_FC was found).  Only the
+    fc layers change with it, so one built net gives the count for every width."""
+    target = sum(ch02_params("two-towers").values())
+    base = ch02_params("one-tower-half", widths=list(widths), fc=[lo, lo])
+    n_in = base["fc6"] // lo - 1                # fc6's inputs: conv5's maps after pool5
+    classes = base["fc8"] // (lo + 1)
+    convs = sum(n for layer, n in base.items() if not layer.startswith("fc"))
+
+    def count(f):
+        return convs + (n_in + 1) * f + (f + 1) * f + (f + 1) * classes
+    return min(range(lo, hi + 1), key=lambda f: abs(count(f) - target))
+
+
+def ch02_data():
+    """(train, val, test): CH02_N_TRAIN + CH02_N_VAL CIFAR-10 training images split with
+    a fixed seed, and the 10,000 official test images (fast mode: a few hundred)."""
+    full, test = notebook.chapter_data("cifar10", n_train=notebook.pick(CH02_N_TRAIN + CH02_N_VAL, 256),
+                                       n_val=notebook.pick(CH02_N_TEST, 128))
+    train_set, val_set = experiments.split_train_val(full, notebook.pick(CH02_N_VAL, 64))
+    return train_set, val_set, test
+
+
+def ch02_job(arm, seed):
+    cfg = dict(dataset="cifar10", model="small-alexnet", model_kwargs=ch02_model_kwargs(arm),
+               crop=CH02_CROP, image_size=32, flip=True, epochs=notebook.pick(CH02_EPOCHS, 2),
+               batch_size=128, lr=CH02_LR, momentum=0.9, weight_decay=0.0005, schedule="budget",
+               seed=seed, checkpoint_every=100, health_every=100, workers=2)
+    return experiments.Job(f"small-alexnet{CH02_CROP}-{arm}-s{seed}", cfg,
+                           describe={"arm": arm, "seed": seed})
+
+
+def ch02_jobs():
+    """Seed by seed, the two main arms first (a run cut short leaves whole pairs), then
+    the literal half net at every seed."""
+    seeds = notebook.pick(CH02_SEEDS, CH02_SEEDS[:2])
+    main = [ch02_job(arm, seed) for seed in seeds for arm in CH02_MAIN]
+    return main + [ch02_job(arm, seed) for arm in CH02_ARMS if arm not in CH02_MAIN for seed in seeds]
+
+
+def ch02_planned_minutes():
+    """The full mode's planned time alone on 2 cores, from the pilot's speeds: every
+    run's training images, and its validation after each epoch and final test."""
+    seconds = sum(CH02_N_TRAIN * CH02_EPOCHS / CH02_PILOT_TRAIN_RATE[arm]
+                  + (CH02_N_VAL * CH02_EPOCHS + CH02_N_TEST) / CH02_PILOT_EVAL_RATE
+                  for arm in CH02_ARMS for _ in CH02_SEEDS)
+    return seconds / 60
+
+
+def ch02_final(test_set):
+    """After training: centre-crop top-1 / top-5 error on the 10,000 test images."""
+    def after(trainer):
+        m, s, crop = trainer.mean, trainer.std, trainer.cfg["crop"]
+        return {"n_test": len(test_set), "test": inference.evaluate(trainer.model, test_set, crop, m, std=s)}
+    return after
+
+
+def run_ch02(log=print, data_sets=None):
+    """{job name: record or None}: every arm at every seed; trains what is missing
+    unless MINIALEXNET_RENDER_ONLY is set."""
+    train_set, val_set, test = data_sets or ch02_data()
+    results, runs = dirs("02_multiple_gpus")
+    return {job.name: experiments.run_job(job, train_set, val_set, results, runs, log=log,
+                                          after=ch02_final(test), train_missing=not RENDER_ONLY)
+            for job in ch02_jobs()}
+
+
 if __name__ == "__main__":
     which = sys.argv[1:] or ["08"]
     for chapter in which:
@@ -446,6 +574,8 @@ if __name__ == "__main__":
             run_ch08b()
         elif chapter == "04":
             run_ch04()
+        elif chapter == "02":
+            run_ch02()
         elif chapter == "01":
             run_ch01()
         elif chapter == "01:raw":                # the raw-pixel health run
@@ -453,5 +583,5 @@ if __name__ == "__main__":
         elif chapter.startswith("01:"):          # one setting: 01:deep
             run_ch01([chapter[3:]])
         else:
-            sys.exit(f"jobs.py: unknown chapter {chapter!r} (have: 01, 01:<setting>, 01:raw, 04, 08, "
+            sys.exit(f"jobs.py: unknown chapter {chapter!r} (have: 01, 01:<setting>, 01:raw, 02, 04, 08, "
                      "08:control, 08:imagenette)")
