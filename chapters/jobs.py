@@ -561,6 +561,148 @@ def run_ch02(log=print, data_sets=None):
     return {job.name: experiments.run_job(job, train_set, val_set, results, runs, log=log,
                                           after=ch02_final(test), train_missing=not RENDER_ONLY)
             for job in ch02_jobs()}
+# ------------------------------------------------------------------ chapter 03
+# Section 3.3: local response normalisation in the four-layer net, three arms at every
+# seed: "none" (no LRN layers), "lrn" (cross-map LRN after pool1 and pool2, the
+# fournet's places) and "alpha0", the control: the same LRN layers with alpha = 0, so
+# b = a / k^beta, a fixed rescale with no competition between channels.  lrn - alpha0
+# is the normalisation itself; alpha0 - none is the rescale.
+#
+# Where LRN acts.  The paper's constants on this net with unit inputs did nothing: the
+# old run's median alpha * sum a^2 was 0.019 against k = 2.  The constants here are
+# cuda-convnet's CIFAR-10 cross-map layer (layers-conv-local-11pct.cfg: [rnorm1]
+# type=cmrnorm size=9; layer-params: scale=0.001 pow=0.75), converted twice:
+# - cuda-convnet's layer.py divides the scale by the size for cmrnorm
+#   (dic['scale'] /= dic['size']), so its kernels multiply the plain window sum by
+#   0.001 / 9: in the paper's convention (the library's) alpha = 0.001 / 9;
+# - cuda-convnet fed raw mean-subtracted pixels (std about 64); with the same weights,
+#   unit inputs divide every activation that reaches norm1 by 64 and alpha * a^2 by
+#   64^2, so the same normalisation needs alpha * 64^2 = 0.455.
+# k = 2, the paper's (cuda-convnet's kernels add 1): with k = 1 the alpha = 0 control
+# would be the no-LRN net itself.  Whether the channels then compete is measured, at
+# initialisation and after training (ch03_competition), not assumed.
+# The recipe: unit inputs, fan-in init, random 28-px crops of the 32-px images and
+# flips (centre crops for evaluation), SGD batch 128, momentum 0.9, weight decay 5e-4,
+# lr 0.01 (chapter 01's sweep winner for this net) for all arms, lr / 10 after 50, 75
+# and 90 % of the epochs.  CH03_N_TRAIN images, a fixed CH03_N_VAL-image validation
+# split for the per-epoch curve, the 10,000 official test images for the errors.
+CH03_ARMS = ("none", "lrn", "alpha0")
+CH03_SEEDS = (0, 1, 2)
+CH03_CROP = 28
+CH03_N_TRAIN = 10000
+CH03_N_VAL = 1000
+CH03_EPOCHS = 24
+CH03_LR = 0.01
+CUDA_CONVNET_CMRNORM = {"size": 9, "scale": 0.001, "pow": 0.75}   # its CIFAR-10 layer files
+RAW_PIXEL_STD = 64.0            # CIFAR-10's per-channel stds are 62-66 (0..255 units)
+CH03_LRN = {"size": CUDA_CONVNET_CMRNORM["size"],
+            # scale / size: cuda-convnet's own division; * 64^2: raw pixels -> unit inputs
+            "alpha": CUDA_CONVNET_CMRNORM["scale"] / CUDA_CONVNET_CMRNORM["size"] * RAW_PIXEL_STD ** 2,
+            "beta": CUDA_CONVNET_CMRNORM["pow"], "k": 2.0}
+CH03_N_PROBE = 500              # test images through which the competition is measured
+# "The channels compete" when the median active unit's gain is at least 10 % below
+# the ceiling k^-beta, i.e. median(alpha * sum a^2) >= (0.9^(-1/beta) - 1) k = 0.15 k.
+CH03_COMPETES_GAIN = 0.9
+PAPER_03_ERRORS = (0.13, 0.11)  # 3.3: CIFAR-10 test error without / with normalisation
+
+
+def ch03_data():
+    """(train, val, test): CH03_N_TRAIN + CH03_N_VAL CIFAR-10 training images split
+    with a fixed seed, and the 10,000 official test images (fast mode: a few hundred)."""
+    full, test = notebook.chapter_data("cifar10", n_train=notebook.pick(CH03_N_TRAIN + CH03_N_VAL, 400),
+                                       n_val=notebook.pick(10000, 200))
+    train_set, val_set = experiments.split_train_val(full, notebook.pick(CH03_N_VAL, 100))
+    return train_set, val_set, test
+
+
+def ch03_model_kwargs(arm):
+    """The fournet of an arm: the arms differ only in their (parameter-free) LRN layers."""
+    if arm not in CH03_ARMS:
+        raise ValueError(f"chapter 03: arm must be one of {', '.join(CH03_ARMS)}, not {arm!r}")
+    kw = {"lrn": arm != "none", "input_size": CH03_CROP}
+    if arm != "none":
+        kw["lrn_args"] = dict(CH03_LRN, alpha=0.0) if arm == "alpha0" else dict(CH03_LRN)
+    return kw
+
+
+def ch03_job(arm, seed):
+    cfg = dict(dataset="cifar10", model="fournet", model_kwargs=ch03_model_kwargs(arm),
+               crop=CH03_CROP, image_size=32, flip=True, epochs=notebook.pick(CH03_EPOCHS, 2),
+               batch_size=128, lr=CH03_LR, momentum=0.9, weight_decay=0.0005, schedule="budget",
+               seed=seed, checkpoint_every=100, health_every=100, workers=2)
+    return experiments.Job(f"fournet28-{arm}-s{seed}", cfg, describe={"arm": arm, "seed": seed})
+
+
+def ch03_jobs():
+    """Seed by seed, the three arms at each seed: a run cut short leaves whole triples."""
+    return [ch03_job(arm, seed) for seed in notebook.pick(CH03_SEEDS, CH03_SEEDS[:2])
+            for arm in CH03_ARMS]
+
+
+def ch03_competition(model, x, lrn=CH03_LRN):
+    """How hard the channels compete where the LRN layers sit (the outputs of pool1 and
+    pool2, which norm1 and norm2 divide), with ``lrn``'s constants: for each layer,
+    percentiles of alpha * (window sum of a^2) over the active units (a > 0), the
+    share above k, and the median gain b/a relative to its ceiling k^-beta.  For a net
+    without LRN (or with alpha = 0) it says what the LRN arm's layer would do to
+    these activations.  ``x``: preprocessed images."""
+    from minialexnet import backend
+    from minialexnet.layers import LocalResponseNorm
+    n, alpha, beta, k = lrn["size"], lrn["alpha"], lrn["beta"], lrn["k"]
+    model.eval()
+    out = {}
+    for i in (1, 2):
+        a = backend.to_numpy(model.features(x, f"pool{i}")).astype(np.float64)
+        sq = a * a
+        window = LocalResponseNorm._window_sum(sq, np.empty_like(sq), n // 2, (n - 1) // 2)
+        term = alpha * window[a > 0]
+        q = np.percentile(term, [10, 50, 90]) if term.size else [float("nan")] * 3
+        out[f"norm{i}"] = {"p10": float(q[0]), "median": float(q[1]), "p90": float(q[2]),
+                           "share_above_k": float((term > k).mean()) if term.size else float("nan"),
+                           "median_gain_vs_ceiling": float((1 + q[1] / k) ** -beta),
+                           "mean_a2": float(sq.mean()), "active": float((a > 0).mean())}
+    return out
+
+
+def ch03_competes(stats):
+    """The rule fixed before the runs: the median active unit loses >= 10 % of its gain."""
+    return stats["median_gain_vs_ceiling"] <= CH03_COMPETES_GAIN
+
+
+def ch03_initial_model(job, num_classes=10):
+    """The job's net as it starts: the same seeding and build as ``run_job``'s."""
+    from minialexnet import backend
+    cfg = train.default_config(**{"progress": False, **job.cfg})
+    backend.use(cfg["backend"], seed=cfg["seed"], devices=cfg["devices"])
+    return train.make_model(cfg, num_classes)
+
+
+def ch03_final(job, train_set, test_set):
+    """After training: test-mode top-1/top-5 on the 10,000 test images and top-1 on the
+    training images, and the competition at initialisation and after training, on
+    the first CH03_N_PROBE test images (centre crops)."""
+    def after(trainer):
+        m, s, crop = trainer.mean, trainer.std, trainer.cfg["crop"]
+        test = inference.evaluate(trainer.model, test_set, crop, m, std=s)
+        tr = inference.evaluate(trainer.model, train_set, crop, m, std=s)
+        x = data.EvalTransform(crop, m, std=s)(test_set.x[:CH03_N_PROBE])
+        trained = ch03_competition(trainer.model, x)
+        start = ch03_competition(ch03_initial_model(job, train_set.num_classes), x)
+        return {"n_test": len(test_set), "n_train": len(train_set), "test": test, "train": tr,
+                "gap": test["top1"] - tr["top1"], "n_probe": int(len(x)),
+                "competition": {"initial": start, "trained": trained}}
+    return after
+
+
+def run_ch03(log=print, data_sets=None):
+    """{job name: record or None}: the three arms at every seed; trains what is missing
+    unless MINIALEXNET_RENDER_ONLY is set."""
+    train_set, val_set, test = data_sets or ch03_data()
+    results, runs = dirs("03_local_response_normalization")
+    return {job.name: experiments.run_job(job, train_set, val_set, results, runs, log=log,
+                                          after=ch03_final(job, train_set, test),
+                                          train_missing=not RENDER_ONLY)
+            for job in ch03_jobs()}
 
 
 if __name__ == "__main__":
@@ -576,6 +718,8 @@ if __name__ == "__main__":
             run_ch04()
         elif chapter == "02":
             run_ch02()
+        elif chapter == "03":
+            run_ch03()
         elif chapter == "01":
             run_ch01()
         elif chapter == "01:raw":                # the raw-pixel health run
@@ -583,5 +727,5 @@ if __name__ == "__main__":
         elif chapter.startswith("01:"):          # one setting: 01:deep
             run_ch01([chapter[3:]])
         else:
-            sys.exit(f"jobs.py: unknown chapter {chapter!r} (have: 01, 01:<setting>, 01:raw, 02, 04, 08, "
+            sys.exit(f"jobs.py: unknown chapter {chapter!r} (have: 01, 01:<setting>, 01:raw, 02, 03, 04, 08, "
                      "08:control, 08:imagenette)")

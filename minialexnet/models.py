@@ -30,7 +30,8 @@ arguments of its class, overriding its defaults):
                             kwargs input_size=32|64 (or crops, e.g. 24, 28), width=1.0
                             (scales every layer)
     "fournet"               Figure 1 / 3.3's four-layer CIFAR-10 net: kwargs
-                            activation="relu"|"tanh", lrn=True|False, pool="3/2"|"2/2"
+                            activation="relu"|"tanh", lrn=True|False, pool="3/2"|"2/2",
+                            lrn_args={"size": 9, "alpha": ...} (the LRN constants)
 
 The model API (the training CLI, benchmarks and chapters rely on exactly this):
 
@@ -679,13 +680,16 @@ class FourLayerNet(Network):
     error), ``pool`` "3/2" (overlapping) or "2/2" (3.4).  No dropout (Figure 1 used no
     regularisation).  Weights N(0, 1/fan_in) ("fan-in", the recipe for unit-scale
     inputs: see the module docstring), biases 0; ``init_std=0.01`` gives the paper's.
+    ``lrn_args``: a dict overriding the LRN constants (keys size, alpha, beta, k; the
+    paper's n=5, alpha=1e-4, beta=0.75, k=2 otherwise), e.g. cuda-convnet's cross-map
+    window of 9 (chapter 3); alpha is the paper's (multiplies the plain sum).
     """
 
     name = "fournet"
 
     def __init__(self, num_classes=10, input_size=32, activation="relu", lrn=True,
                  pool="3/2", widths=(32, 32, 64), devices=None, init_std="fan-in",
-                 init_bias=None, dtype=None, layers="fast", input_grad=True):
+                 init_bias=None, dtype=None, layers="fast", input_grad=True, lrn_args=None):
         if activation not in ("relu", "tanh"):
             raise ConfigError(f"fournet: activation must be 'relu' or 'tanh', not {activation!r}")
         if pool not in ("3/2", "2/2"):
@@ -693,7 +697,7 @@ class FourLayerNet(Network):
         z, s = (3, 2) if pool == "3/2" else (2, 2)
         init_bias = dict({} if init_bias is None else init_bias)
         b = _Builder(_devices(devices, 1), _dtype(dtype), init_std, init_bias, layers)
-        lrn_args = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
+        norm = _lrn_constants(lrn_args)
         b.broadcast("to_towers")
         cin, size = 3, input_size
         for i, w in enumerate(widths, start=1):
@@ -702,7 +706,7 @@ class FourLayerNet(Network):
             b.tower(f"pool{i}", "pool", k=z, s=s)
             size = _out(size, z, s)
             if lrn and i < len(widths):
-                b.tower(f"norm{i}", "lrn", **lrn_args)
+                b.tower(f"norm{i}", "lrn", **norm)
             cin = w
         b.tower("flatten", "flatten")
         b.gather("gather4")
@@ -710,7 +714,24 @@ class FourLayerNet(Network):
         config = dict(num_classes=num_classes, input_size=input_size, activation=activation,
                       lrn=lrn, pool=pool, widths=list(widths), init_std=init_std,
                       init_bias=init_bias, dtype=_dtype_name(dtype))
+        if lrn_args is not None:
+            # Only when given: the configs (and checkpoints) of nets with the paper's
+            # constants stay as they were.
+            config["lrn_args"] = dict(norm)
         self._finish(b, input_size, num_classes, config, input_grad)
+
+
+PAPER_LRN = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)     # paper 3.3
+
+
+def _lrn_constants(overrides):
+    """The paper's LRN constants with ``overrides`` (a dict) applied."""
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(PAPER_LRN))
+    if unknown:
+        raise ConfigError(f"lrn_args: unknown key{'s' if len(unknown) > 1 else ''} "
+                          f"{', '.join(unknown)} (it takes {', '.join(PAPER_LRN)})")
+    return dict(PAPER_LRN, **overrides)          # the layer checks each value
 
 
 # ======================================================================== the factory

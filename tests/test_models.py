@@ -219,6 +219,26 @@ def test_fournet_switches():
         build_model("fournet", activation="sigmoid")
 
 
+def test_fournet_lrn_args_reach_both_lrn_layers_and_its_config():
+    from minialexnet.layers import LocalResponseNorm
+    m = build_model("fournet", lrn_args={"size": 9, "alpha": 0.25})
+    norms = [layer for _, layer, _ in m.named_layers() if isinstance(layer, LocalResponseNorm)]
+    assert len(norms) == 2
+    assert all((n.size, n.alpha, n.beta, n.k) == (9, 0.25, 0.75, 2.0) for n in norms)
+    assert m.config["lrn_args"] == {"size": 9, "alpha": 0.25, "beta": 0.75, "k": 2.0}
+    rebuilt = from_config(m.config)                           # a checkpoint's config
+    assert [(n.size, n.alpha) for _, n, _ in rebuilt.named_layers()
+            if isinstance(n, LocalResponseNorm)] == [(9, 0.25)] * 2
+    # the paper's constants by default, and then no new key in the config (old
+    # checkpoints still describe the same architecture)
+    paper = build_model("fournet")
+    assert "lrn_args" not in paper.config
+    assert all((n.size, n.alpha, n.k) == (5, 1e-4, 2.0) for _, n, _ in paper.named_layers()
+               if isinstance(n, LocalResponseNorm))
+    with pytest.raises(ValueError, match="lrn_args: unknown key n "):
+        build_model("fournet", lrn_args={"n": 9})
+
+
 def test_small_alexnet_keeps_the_paper_topology():
     m = build_model("small-alexnet")
     names = m.layer_names()
