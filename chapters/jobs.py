@@ -517,7 +517,10 @@ def paired_change(deltas, labels=("lower", "higher")):
         return out
     out["sd"] = float(np.std(d, ddof=1))
     out["se"] = out["sd"] / float(np.sqrt(len(d)))
-    out["z"] = out["mean"] / out["se"] if out["se"] > 0 else float("inf") * np.sign(out["mean"])
+    if out["se"] > 0:
+        out["z"] = out["mean"] / out["se"]
+    else:                       # every run the same: no noise to compare with
+        out["z"] = 0.0 if out["mean"] == 0 else float(np.copysign(np.inf, out["mean"]))
     if out["mean"] < -2 * out["se"]:
         out["verdict"] = labels[0]
     elif out["mean"] > 2 * out["se"]:

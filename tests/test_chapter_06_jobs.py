@@ -144,3 +144,9 @@ def test_ch06_unknown_arm_is_one_clear_error():
         jobs.ch06_job("pca", 0)
     with pytest.raises(ValueError, match="arm must be one of"):
         jobs.ch06_aug_job("flips", 0)
+
+
+def test_ch06_paired_change_with_no_spread_is_not_nan():
+    same = jobs.paired_change([0.0, 0.0, 0.0])
+    assert same["z"] == 0.0 and same["verdict"] == "within noise"
+    assert jobs.paired_change([-0.01, -0.01])["verdict"] == "lower"
