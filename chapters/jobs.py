@@ -705,6 +705,183 @@ def run_ch03(log=print, data_sets=None):
             for job in ch03_jobs()}
 
 
+# ------------------------------------------------------------------ chapter 06
+# Section 4.1: PCA colour augmentation, and the ten-crop test.  Imagenette's photos
+# (10 ImageNet classes, where colour and illumination vary as in ImageNet), resized
+# from the packed 224 px to 64 px, random 56-px crops (227 of 256 in proportion) and
+# flips; the small two-tower AlexNet (conv1 stride 2 at 56 px: 28x28 maps, about the
+# cost of the 32-px net), He init, dropout 0.5 (the model's default), unit inputs, SGD
+# batch 128, momentum 0.9, weight decay 5e-4, lr 0.01 / 10 after 50, 75 and 90 % of
+# the epochs (fixed in advance).  Two arms that differ only in the colour noise
+# ("pca"): with the same seed they start from the same weights and see the same
+# batches, crops, flips and dropout masks.  A fixed 1,000-photo validation split of
+# the training photos gives the per-epoch curve; the reported errors are on all 3,925
+# official validation photos (Imagenette has no other test set), centre crop and
+# ten-crop.  Planned: about 10 min a run alone on 2 cores (see the chapter).
+CH06_ARMS = ("crops+flips", "crops+flips+PCA")
+CH06_SEEDS = (0, 1, 2)
+CH06_SIDE = 64
+CH06_CROP = 56
+CH06_N_VAL = 1000
+CH06_EPOCHS = 12
+CH06_LR = 0.01
+PAPER_06_PCA_TOP1 = 0.01     # 4.1: PCA colour lowers top-1 error by "over 1 %"
+
+
+def ch06_data():
+    """(train, val, test): Imagenette's 9,469 training photos at 64 px minus a seeded
+    1,000-photo validation split, and its 3,925 validation photos as the test set
+    (fast mode: a few dozen photos, or the built-in images when Imagenette is absent)."""
+    full, test = notebook.chapter_data("imagenette", n_train=notebook.pick(None, 160),
+                                       n_val=notebook.pick(None, 64), size=CH06_SIDE)
+    train_set, val_set = experiments.split_train_val(full, notebook.pick(CH06_N_VAL, 32))
+    return train_set, val_set, test
+
+
+def ch06_job(arm, seed):
+    """One run of an arm: everything but ``pca`` is the same in both arms."""
+    if arm not in CH06_ARMS:
+        raise ValueError(f"chapter 06 arm must be one of {CH06_ARMS}, not {arm!r}")
+    pca = arm == CH06_ARMS[1]
+    name = f"small-alexnet56-{'pca' if pca else 'nopca'}-s{seed}"
+    cfg = dict(dataset="imagenette", model="small-alexnet", model_kwargs={"towers": 2},
+               crop=CH06_CROP, image_size=CH06_SIDE, flip=True, pca=pca,
+               epochs=notebook.pick(CH06_EPOCHS, 1), batch_size=notebook.pick(128, 32),
+               lr=CH06_LR, momentum=0.9, weight_decay=0.0005, schedule="budget", seed=seed,
+               checkpoint_every=25, health_every=25, workers=2)
+    return experiments.Job(name, cfg, describe={"arm": arm, "pca": pca, "seed": seed})
+
+
+def ch06_jobs():
+    """Seed by seed, both arms at each seed: a run cut short leaves whole pairs."""
+    return [ch06_job(arm, seed) for seed in notebook.pick(CH06_SEEDS, CH06_SEEDS[:2])
+            for arm in CH06_ARMS]
+
+
+def ch06_final(train_set, test_set):
+    """After training, in test mode: top-1/top-5 on the test photos with the centre
+    crop and with the ten-crop test, and the centre-crop error on the training photos
+    (the overfitting gap is test minus training error, both centre crop)."""
+    def after(trainer):
+        m, s, crop = trainer.mean, trainer.std, trainer.cfg["crop"]
+        centre = inference.evaluate(trainer.model, test_set, crop, m, std=s)
+        ten = inference.evaluate(trainer.model, test_set, crop, m, ten_crop=True, std=s)
+        tr = inference.evaluate(trainer.model, train_set, crop, m, std=s)
+        return {"n_test": len(test_set), "n_train": len(train_set), "centre": centre,
+                "ten_crop": ten, "train": tr, "gap": centre["top1"] - tr["top1"],
+                "ten_minus_centre": ten["top1"] - centre["top1"]}
+    return after
+
+
+def paired_change(deltas, labels=("lower", "higher")):
+    """The verdict rule for a paired change measured once per run (ten-crop minus
+    centre-crop error of the same net): the mean of the per-run differences and its
+    standard error sd / sqrt(n); ``labels[0]`` if the mean is below -2 s.e. (the
+    change lowers the error), ``labels[1]`` if above +2 s.e., else "within noise".
+    Fewer than 2 runs: no verdict."""
+    d = [float(v) for v in deltas]
+    out = {"n": len(d), "values": d, "mean": float(np.mean(d)) if d else None,
+           "sd": None, "se": None, "z": None}
+    if len(d) < 2:
+        out["verdict"] = f"not enough runs ({len(d)}; 2 at least)"
+        return out
+    out["sd"] = float(np.std(d, ddof=1))
+    out["se"] = out["sd"] / float(np.sqrt(len(d)))
+    if out["se"] > 0:
+        out["z"] = out["mean"] / out["se"]
+    else:                       # every run the same: no noise to compare with
+        out["z"] = 0.0 if out["mean"] == 0 else float(np.copysign(np.inf, out["mean"]))
+    if out["mean"] < -2 * out["se"]:
+        out["verdict"] = labels[0]
+    elif out["mean"] > 2 * out["se"]:
+        out["verdict"] = labels[1]
+    else:
+        out["verdict"] = "within noise"
+    return out
+
+
+def run_ch06(log=print, data_sets=None):
+    """{job name: record or None}: both arms at every seed; trains what is missing
+    unless MINIALEXNET_RENDER_ONLY is set."""
+    train_set, val_set, test = data_sets or ch06_data()
+    results, runs = dirs("06_data_augmentation")
+    return {job.name: experiments.run_job(job, train_set, val_set, results, runs, log=log,
+                                          after=ch06_final(train_set, test),
+                                          train_missing=not RENDER_ONLY)
+            for job in ch06_jobs()}
+
+
+# Section 4.1's other claim, "without this scheme, our network suffers from
+# substantial overfitting": the four-layer net (no LRN, fan-in init) on 4,000 CIFAR-10
+# images, where it can memorise within minutes.  Arm "crops+flips": random 28-px crops
+# of the 32-px images and flips.  Arm "none": every image's fixed centre 28 px, no
+# flip.  Both nets see 28-px inputs (the same maps and parameters: no size confound,
+# unlike 28-px crops against whole 32-px images) and are tested on the same centre
+# 28 px of the test images.  The recipe otherwise as chapter 04's.
+CH06_AUG_ARMS = ("crops+flips", "none")
+CH06_AUG_N_TRAIN = 4000
+CH06_AUG_EPOCHS = 15
+CH06_AUG_CROP = 28
+
+
+def ch06_aug_data():
+    """(train, val, test) of CIFAR-10: CH06_AUG_N_TRAIN training images plus a seeded
+    CH06_N_VAL validation split, and the 10,000 test images (fast mode: a few hundred)."""
+    full, test = notebook.chapter_data(
+        "cifar10", n_train=notebook.pick(CH06_AUG_N_TRAIN + CH06_N_VAL, 400),
+        n_val=notebook.pick(None, 200))
+    train_set, val_set = experiments.split_train_val(full, notebook.pick(CH06_N_VAL, 100))
+    return train_set, val_set, test
+
+
+def centre_view(ds, side=CH06_AUG_CROP):
+    """The centre ``side`` px of every image, as a Dataset of its own: what the arm
+    without augmentation trains and is tested on (the same pixels the other arm's
+    centre-crop test sees)."""
+    off = (ds.image_shape[0] - side) // 2
+    x = np.ascontiguousarray(np.asarray(ds.x)[:, off:off + side, off:off + side])
+    return data.Dataset(x, ds.y, list(ds.class_names), ds.name, ds.split,
+                        f"{ds.key}-centre{side}", dict(ds.extra))
+
+
+def ch06_aug_job(arm, seed):
+    if arm not in CH06_AUG_ARMS:
+        raise ValueError(f"chapter 06 augmentation arm must be one of {CH06_AUG_ARMS}, not {arm!r}")
+    aug = arm == CH06_AUG_ARMS[0]
+    cfg = dict(dataset="cifar10", model="fournet",
+               model_kwargs={"lrn": False, "input_size": CH06_AUG_CROP},
+               crop=CH06_AUG_CROP, image_size=32 if aug else CH06_AUG_CROP, flip=aug,
+               epochs=notebook.pick(CH06_AUG_EPOCHS, 2), batch_size=128, lr=0.01, momentum=0.9,
+               weight_decay=0.0005, schedule="budget", seed=seed, checkpoint_every=100,
+               health_every=100, workers=2)
+    return experiments.Job(f"fournet28-{'cropsflips' if aug else 'noaug'}-s{seed}", cfg,
+                           describe={"arm": arm, "seed": seed})
+
+
+def ch06_aug_jobs():
+    return [ch06_aug_job(arm, seed) for seed in notebook.pick(CH06_SEEDS, CH06_SEEDS[:2])
+            for arm in CH06_AUG_ARMS]
+
+
+def ch06_aug_views(job, train_set, val_set, test_set):
+    """The (train, val, test) sets a job of the augmentation experiment uses."""
+    if job.cfg["flip"]:
+        return train_set, val_set, test_set
+    return tuple(centre_view(ds) for ds in (train_set, val_set, test_set))
+
+
+def run_ch06_aug(log=print, data_sets=None):
+    """{job name: record or None} of the crops-and-flips experiment."""
+    sets = data_sets or ch06_aug_data()
+    results, runs = dirs("06_data_augmentation")
+    out = {}
+    for job in ch06_aug_jobs():
+        tr, va, te = ch06_aug_views(job, *sets)
+        out[job.name] = experiments.run_job(job, tr, va, results, runs, log=log,
+                                            after=ch04_final(tr, te), train_missing=not RENDER_ONLY)
+    return out
+
+
 if __name__ == "__main__":
     which = sys.argv[1:] or ["08"]
     for chapter in which:
@@ -720,6 +897,13 @@ if __name__ == "__main__":
             run_ch02()
         elif chapter == "03":
             run_ch03()
+        elif chapter == "06":                    # PCA colour and ten-crop, then crops and flips
+            run_ch06()
+            run_ch06_aug()
+        elif chapter == "06:pca":
+            run_ch06()
+        elif chapter == "06:crops":
+            run_ch06_aug()
         elif chapter == "01":
             run_ch01()
         elif chapter == "01:raw":                # the raw-pixel health run
@@ -727,5 +911,6 @@ if __name__ == "__main__":
         elif chapter.startswith("01:"):          # one setting: 01:deep
             run_ch01([chapter[3:]])
         else:
-            sys.exit(f"jobs.py: unknown chapter {chapter!r} (have: 01, 01:<setting>, 01:raw, 02, 03, 04, 08, "
+            sys.exit(f"jobs.py: unknown chapter {chapter!r} (have: 01, 01:<setting>, 01:raw, 02, 03, 04, 06, "
+                     "06:pca, 06:crops, 08, "
                      "08:control, 08:imagenette)")
