@@ -490,7 +490,7 @@ def ch07_job(dropout, seed):
     """The small AlexNet, width 1, with dropout ``dropout`` in fc6 and fc7."""
     cfg = dict(dataset="cifar10", model="small-alexnet",
                model_kwargs={"width": 1.0, "dropout": dropout, "input_size": CH07_CROP},
-               crop=CH07_CROP, image_size=32, flip=True, epochs=notebook.pick(CH07_EPOCHS, 3),
+               crop=CH07_CROP, image_size=32, flip=True, epochs=notebook.pick(CH07_EPOCHS, 2),
                batch_size=128, lr=CH07_LR, momentum=0.9, weight_decay=0.0005, schedule="budget",
                seed=seed, checkpoint_every=100, health_every=100, workers=2)
     return experiments.Job(f"small-alexnet-drop{dropout:g}-s{seed}", cfg,
