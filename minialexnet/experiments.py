@@ -20,11 +20,11 @@ import json
 import os
 import time
 
-from . import data, train
+from . import data, inference, train
 from .backend import np
 from .files import atomic_write_text
 
-__all__ = ["Job", "run_job", "load_record", "is_complete", "split_train_val"]
+__all__ = ["Job", "run_job", "load_record", "is_complete", "split_train_val", "eval_mode_hook"]
 
 
 class Job:
@@ -80,13 +80,15 @@ def _write(results_dir, job, trainer, status, seconds):
 
 
 def run_job(job, train_set, val_set, results_dir, runs_dir, log=print, after=None,
-            train_missing=True):
+            train_missing=True, epoch_eval=None):
     """Train ``job`` on (``train_set``, ``val_set``) unless its record is complete;
     resume it from ``runs_dir/<name>/checkpoint.npz`` if a checkpoint is there.
     ``after(trainer)`` runs once when the job completes (e.g. a test-set evaluation;
     its returned dict is stored as the record's ``"final"``).  Returns the record.
     ``train_missing=False`` trains nothing: it returns what is there (a complete or
-    still-running job's record, or None), to render a chapter while its jobs run."""
+    still-running job's record, or None), to render a chapter while its jobs run.
+    ``epoch_eval(trainer) -> dict``: extra numbers for every epoch's history row
+    (``train.Trainer``; e.g. ``eval_mode_hook``)."""
     rec = load_record(results_dir, job.name)
     if (rec and rec.get("status") == "complete") or not train_missing:
         return rec
@@ -97,7 +99,7 @@ def run_job(job, train_set, val_set, results_dir, runs_dir, log=print, after=Non
     mean = data.mean_image(train_set.x, data.stats_file(train_set, "mean"), progress_bar=False)
     model = train.make_model(cfg, train_set.num_classes)
     trainer = train.Trainer(model, train_set, val_set, mean.astype(np.float32), cfg,
-                            pca=train.colour_pca(train_set, cfg), log=log)
+                            pca=train.colour_pca(train_set, cfg), log=log, epoch_eval=epoch_eval)
     ckpt = os.path.join(out, "checkpoint.npz")
     spent = 0.0
     if os.path.exists(ckpt):
@@ -135,6 +137,26 @@ def run_job(job, train_set, val_set, results_dir, runs_dir, log=print, after=Non
     atomic_write_text(os.path.join(results_dir, f"{job.name}.json"),
                       json.dumps(rec, indent=1, default=float))
     return rec
+
+
+def eval_mode_hook(**sets):
+    """An ``epoch_eval`` hook: for each ``name=dataset``, the model's cross-entropy
+    and top-1 error in eval mode (dropout off, centre crops, the run's input scaling)
+    as ``<name>_loss`` and ``<name>_top1``.  Eval mode matters for dropout: the
+    training-mode loss of the history rows is that of thinned nets (paper 4.2)."""
+    def hook(trainer):
+        out = {}
+        for name, ds in sets.items():
+            logits = inference.predict_batches(
+                trainer.model, ds.x, data.EvalTransform(trainer.cfg["crop"], trainer.mean, trainer.std),
+                device=trainer.device).astype(np.float64)
+            z = logits - logits.max(1, keepdims=True)
+            logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+            y = np.asarray(ds.y)
+            out[f"{name}_loss"] = float(-logp[np.arange(len(y)), y].mean())
+            out[f"{name}_top1"] = float((logits.argmax(1) != y).mean())
+        return out
+    return hook
 
 
 class _Stop(Exception):

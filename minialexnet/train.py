@@ -181,16 +181,20 @@ class Trainer:
     ``history`` is a list of per-epoch dicts (loss, errors, lr, seconds, images/s).
     A model built with ``input_grad=False`` (as ``make_model`` builds) skips the
     image's gradient, which training never uses.
+    ``epoch_eval(trainer) -> dict``: optional numbers measured after each epoch's
+    validation (e.g. the eval-mode loss on training images, which the training-mode
+    row's ``train_loss`` is not: it carries dropout's masks and the crops' noise); they
+    go into the epoch's history row, so they are checkpointed and resumed with it.
     """
 
     def __init__(self, model, train, val, mean, cfg, pca=None, log=print, std="auto",
-                 comm=None):
+                 comm=None, epoch_eval=None):
         check_splits(train, val)                 # before the first step, not after an epoch
         if (comm is None or comm.is_root) and cfg["out"]:
             check_run_dir(cfg["out"])
         self.model, self.train_set, self.val_set, self.mean, self.cfg = model, train, val, mean, cfg
         self.std = input_std(train, mean, cfg) if isinstance(std, str) and std == "auto" else std
-        self.log = log
+        self.log, self.epoch_eval = log, epoch_eval
         # Distributed (issue 13): the ranks' communicator; one process by default.
         self.comm = comm or distributed.Communicator()
         self.device = int((cfg["devices"] or [0])[0])
@@ -468,6 +472,7 @@ class Trainer:
         with self._phase_as("validate"):    # interruptible at once: nothing is torn
             val = evaluate(self.model, self.val_set, self.cfg["crop"], self.mean,
                            device=self.device, std=self.std, comm=self.comm)
+            extra = self.epoch_eval(self) if self.epoch_eval else {}
         row = {
             "epoch": self.epoch + 1, "step": self.step, "lr": self.optimizer.lr,
             "train_loss": st["loss_sum"] / max(st["seen"], 1),
@@ -477,6 +482,10 @@ class Trainer:
             "images_per_s": st["seen"] / max(st["seconds"], 1e-9),
             "data_wait_s": st["wait"],
         }
+        clash = set(extra) & set(row)
+        if clash:
+            raise ConfigError(f"epoch_eval must not overwrite the row's {sorted(clash)}")
+        row.update(extra)
         self.history.append(row)
         self.epoch += 1
         row["type"] = "epoch"

@@ -114,3 +114,12 @@ def test_ch04_verdict_numbers():
     assert math.isclose(out["diff"], 0.025)
     assert math.isclose(out["se"], math.sqrt(0.01 ** 2 / 3 + 0.005 ** 2 / 3))
     assert jobs.compare_arms([0.4], [0.5, 0.6])["verdict"].startswith("not enough seeds")
+
+
+def test_identical_seeds_give_a_finite_verdict():
+    """Seeds without spread (fast mode, a deterministic toy): z is 0 for equal arms and
+    infinite with the difference's sign otherwise, never NaN."""
+    same = jobs.compare_arms([0.5, 0.5], [0.5, 0.5])
+    assert same["z"] == 0.0 and same["verdict"] == "within noise"
+    apart = jobs.compare_arms([0.4, 0.4], [0.5, 0.5])
+    assert apart["z"] == math.inf and apart["verdict"] == "3/2 lower"
