@@ -191,7 +191,14 @@ def ch01_settings():
         |x| > 2 (slope below 0.08): the regime paper 3.1 argues against.
     (d) "deep": the eight-layer small AlexNet (no LRN, no dropout), each activation
         with the init that suits it: He's N(0, 2/fan_in) for ReLU, N(0, 1/fan_in) for
-        tanh (unit slope at 0 keeps the variance)."""
+        tanh (unit slope at 0 keeps the variance).
+    (e) "deep-fc8-zero", named after (d)'s runs, and said so: (d) with fc8's weights
+        started at zero, for both activations.  (d)'s health records show the ReLU
+        net's logits starting with std 3.3 (He's init keeps each layer's second moment,
+        and the signal grows layer by layer without normalisation) against tanh's 0.27:
+        the softmax, itself a saturating function, starts saturated for ReLU only.
+        With fc8 at zero both nets start from the uniform softmax (loss ln 10), and
+        only the hidden layers' activation differs."""
     four = dict(lrn=False, input_size=32)
     deep = dict(lrn=False, dropout=0.0, input_size=32)
     cc = {"conv1": 6.4e-3, "conv2": 0.01, "conv3": 0.01, "fc4": 0.01}
@@ -203,6 +210,9 @@ def ch01_settings():
                        for a in ("relu", "tanh")},
         "deep": {"relu": ("small-alexnet", dict(deep, activation="relu", init_std="he")),
                  "tanh": ("small-alexnet", dict(deep, activation="tanh", init_std="fan-in"))},
+        "deep-fc8-zero": {a: ("small-alexnet", dict(deep, activation=a, init_std=dict(
+                              fan_in_stds("small-alexnet", gain, **deep), fc8=0.0)))
+                          for a, gain in (("relu", 2 ** 0.5), ("tanh", 1.0))},
     }
 
 

@@ -5,6 +5,7 @@ import math
 import pathlib
 import sys
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "chapters"))
@@ -50,9 +51,9 @@ def test_seed_runs_stop_at_the_target_or_stalled_at_chance(epoch, err, stop):
     assert jobs.seed_stop({"epoch": epoch, "train_error": err}) is stop
 
 
-def test_the_four_settings_are_named_and_both_activations_present():
+def test_the_settings_are_named_and_both_activations_present():
     settings = jobs.ch01_settings()
-    assert list(settings) == ["fan-in", "cuda-convnet", "saturating", "deep"]
+    assert list(settings) == ["fan-in", "cuda-convnet", "saturating", "deep", "deep-fc8-zero"]
     for acts in settings.values():
         assert {kw["activation"] for _, kw in acts.values()} == {"relu", "tanh"}
     # the saturating init is three times the fan-in std, layer by layer
@@ -123,3 +124,22 @@ def test_identical_seeds_give_a_finite_verdict():
     assert same["z"] == 0.0 and same["verdict"] == "within noise"
     apart = jobs.compare_arms([0.4, 0.4], [0.5, 0.5])
     assert apart["z"] == math.inf and apart["verdict"] == "3/2 lower"
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+def test_deep_fc8_zero_is_the_deep_net_with_a_uniform_first_softmax(act):
+    """Setting (e): the same initial weights as (d) at the same seed, but fc8's at zero,
+    so the first logits are 0 for any image (loss ln 10) for both activations."""
+    from minialexnet import backend
+    from minialexnet.models import build_model
+    settings = jobs.ch01_settings()
+    nets = []
+    for setting in ("deep", "deep-fc8-zero"):
+        backend.use("numpy", seed=3)
+        name, kw = settings[setting][act]
+        nets.append(build_model(name, **kw))
+    (a, b) = (n.params() for n in nets)
+    assert [k for k in a if not np.array_equal(a[k], b[k])] == ["fc8.W"]
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    assert np.abs(nets[1].eval().forward(x)).max() == 0.0
+    assert np.abs(nets[0].eval().forward(x)).max() > 0.1     # (d): logits far from uniform
