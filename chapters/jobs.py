@@ -1069,8 +1069,8 @@ def run_ch07(log=print, data_sets=None):
             for job in ch07_jobs()}
 
 
-if __name__ == "__main__":
-    which = sys.argv[1:] or ["08"]
+def main(which):
+    """Run the named chapters' jobs in turn (see the module docstring)."""
     for chapter in which:
         if chapter == "08":
             run_ch08()
@@ -1103,3 +1103,11 @@ if __name__ == "__main__":
             sys.exit(f"jobs.py: unknown chapter {chapter!r} (have: 01, 01:<setting>, 01:raw, 02, 03, 04, 06, "
                      "06:pca, 06:crops, 07, 08, "
                      "08:control, 08:imagenette)")
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:] or ["08"])
+    except train.Interrupted as e:       # Ctrl-C / SIGTERM: the running job saved its checkpoint
+        sys.exit(f"jobs.py: stopped by {e}; the running job's checkpoint is saved: run the same "
+                 f"command again to resume")

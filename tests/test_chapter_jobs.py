@@ -143,3 +143,20 @@ def test_deep_fc8_zero_is_the_deep_net_with_a_uniform_first_softmax(act):
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     assert np.abs(nets[1].eval().forward(x)).max() == 0.0
     assert np.abs(nets[0].eval().forward(x)).max() > 0.1     # (d): logits far from uniform
+
+
+def test_jobs_py_stopped_by_a_signal_says_one_line(monkeypatch, capsys):
+    """Ctrl-C while a job trains: the job has saved its checkpoint (the Trainer's
+    business); jobs.py itself ends with one line saying how to resume, no traceback."""
+    import runpy
+    from minialexnet import experiments, train
+
+    def interrupted(*args, **kwargs):
+        raise train.Interrupted()
+    monkeypatch.setattr(sys, "argv", ["jobs.py", "04"])
+    monkeypatch.setattr(experiments, "run_job", interrupted)
+    monkeypatch.setenv("MINIALEXNET_FAST", "1")
+    monkeypatch.setenv("MINIALEXNET_DATA", "/nonexistent-data-dir")
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(pathlib.Path(jobs.__file__)), run_name="__main__")
+    assert str(e.value).startswith("jobs.py: stopped by SIGINT") and "resume" in str(e.value)
