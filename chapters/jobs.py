@@ -37,6 +37,83 @@ def dirs(chapter):
     return str(ROOT / "chapters" / "results" / chapter), str(ROOT / "runs" / "jobs" / chapter)
 
 
+# ------------------------------------------------------------------ shared by the chapters
+def run_jobs(chapter, jobs, train_set, val_set, final=None, log=print, **kwargs):
+    """{job name: record or None}: ``jobs`` of ``chapter``, each trained unless complete
+    (nothing is trained when MINIALEXNET_RENDER_ONLY is set); ``final(job)`` gives the
+    job's ``after`` hook (see ``experiments.run_job``, which takes ``kwargs`` too)."""
+    results, runs = dirs(chapter)
+    return {job.name: experiments.run_job(job, train_set, val_set, results, runs, log=log,
+                                          after=final and final(job),
+                                          train_missing=not RENDER_ONLY, **kwargs)
+            for job in jobs}
+
+
+def two_standard_errors(x, se):
+    """The chapters' verdict rule on a difference ``x`` with standard error ``se``:
+    (z, side), z = x / se (0 or +-inf when the seeds have no spread: then any
+    difference is exact), side +1 if x > 2 se, -1 if x < -2 se, else 0."""
+    if se > 0:
+        z = x / se
+    else:
+        z = 0.0 if x == 0 else float(np.copysign(np.inf, x))
+    return z, (1 if x > 2 * se else -1 if x < -2 * se else 0)
+
+
+def errors_after_training(train_set, test_set):
+    """An ``after`` hook: test-mode top-1/top-5 error (centre crops of the job's crop
+    size) on ``test_set`` and on ``train_set``; their difference is the overfitting gap."""
+    def after(trainer):
+        m, s, crop = trainer.mean, trainer.std, trainer.cfg["crop"]
+        test = inference.evaluate(trainer.model, test_set, crop, m, std=s)
+        tr = inference.evaluate(trainer.model, train_set, crop, m, std=s)
+        return {"n_test": len(test_set), "n_train": len(train_set), "test": test, "train": tr,
+                "gap": test["top1"] - tr["top1"]}
+    return after
+
+
+def compare_arms(a, b, labels=("3/2", "2/2"), what="lower"):
+    """The verdict rule, fixed before the runs.  ``a``, ``b``: per-seed values of a
+    quantity where lower is better (test error, overfitting gap) for arms
+    ``labels``.  The difference of the means b - a (positive: a is lower) and its
+    standard error sqrt(s_a^2 / n_a + s_b^2 / n_b) across seeds (s: the sample std);
+    "<a> lower" only if the difference exceeds 2 standard errors, "<b> lower" if it is
+    below -2, else "within noise".  Fewer than 2 seeds in an arm: no verdict."""
+    a, b = [float(v) for v in a], [float(v) for v in b]
+    out = {"n_a": len(a), "n_b": len(b), "values_a": a, "values_b": b,
+           "mean_a": float(np.mean(a)) if a else None, "mean_b": float(np.mean(b)) if b else None,
+           "sd_a": float(np.std(a, ddof=1)) if len(a) > 1 else None,
+           "sd_b": float(np.std(b, ddof=1)) if len(b) > 1 else None,
+           "diff": None, "se": None, "z": None}
+    if len(a) < 2 or len(b) < 2:
+        out["verdict"] = f"not enough seeds ({len(a)} and {len(b)}; 2 per arm at least)"
+        return out
+    out["diff"] = out["mean_b"] - out["mean_a"]
+    out["se"] = float(np.sqrt(out["sd_a"] ** 2 / len(a) + out["sd_b"] ** 2 / len(b)))
+    out["z"], side = two_standard_errors(out["diff"], out["se"])
+    out["verdict"] = {1: f"{labels[0]} {what}", -1: f"{labels[1]} {what}", 0: "within noise"}[side]
+    return out
+
+
+def paired_change(deltas, labels=("lower", "higher")):
+    """The verdict rule for a paired change measured once per run (ten-crop minus
+    centre-crop error of the same net): the mean of the per-run differences and its
+    standard error sd / sqrt(n); ``labels[0]`` if the mean is below -2 s.e. (the
+    change lowers the error), ``labels[1]`` if above +2 s.e., else "within noise".
+    Fewer than 2 runs: no verdict."""
+    d = [float(v) for v in deltas]
+    out = {"n": len(d), "values": d, "mean": float(np.mean(d)) if d else None,
+           "sd": None, "se": None, "z": None}
+    if len(d) < 2:
+        out["verdict"] = f"not enough runs ({len(d)}; 2 at least)"
+        return out
+    out["sd"] = float(np.std(d, ddof=1))
+    out["se"] = out["sd"] / float(np.sqrt(len(d)))
+    out["z"], side = two_standard_errors(out["mean"], out["se"])
+    out["verdict"] = {-1: labels[0], 1: labels[1], 0: "within noise"}[side]
+    return out
+
+
 # ------------------------------------------------------------------ chapter 08
 CH08_EPOCHS = 50
 CH08_N_VAL = 5000
@@ -91,12 +168,8 @@ def run_ch08(jobs=None, log=print, data_sets=None):
     ``ch08_control()`` for Figure 3's control); trains what is missing unless
     MINIALEXNET_RENDER_ONLY is set (then a job not yet trained is None)."""
     train_set, val_set, test = data_sets or ch08_data()
-    results, runs = dirs("08_full_training")
-    out = {}
-    for job in jobs or [ch08_job()]:
-        out[job.name] = experiments.run_job(job, train_set, val_set, results, runs, log=log,
-                                            after=ch08_final(test), train_missing=not RENDER_ONLY)
-    return out
+    return run_jobs("08_full_training", jobs or [ch08_job()], train_set, val_set,
+                    final=lambda job: ch08_final(test), log=log)
 
 
 # ------------------------------------------------------------------ chapter 08, part 2
@@ -139,11 +212,8 @@ def run_ch08b(jobs=None, log=print, data_sets=None):
     """{job name: record or None} of the Imagenette jobs (default: the main one);
     centre-crop and ten-crop errors on the validation photos when a job completes."""
     train_set, val_set = data_sets or ch08b_data()
-    results, runs = dirs("08_imagenette")
-    return {job.name: experiments.run_job(job, train_set, val_set, results, runs, log=log,
-                                          after=ch08_final(val_set),
-                                          train_missing=not RENDER_ONLY)
-            for job in jobs or [ch08b_job()]}
+    return run_jobs("08_imagenette", jobs or [ch08b_job()], train_set, val_set,
+                    final=lambda job: ch08_final(val_set), log=log)
 
 
 # ------------------------------------------------------------------ chapter 01
@@ -394,58 +464,12 @@ def ch04_shapes(pool, side=CH04_CROP):
     return shapes, m.num_params()
 
 
-def ch04_final(train_set, test_set):
-    """After training: test-mode top-1 error (centre 31-px crops) on the 10,000 test
-    images and on the training images; their difference is the overfitting gap."""
-    def after(trainer):
-        m, s, crop = trainer.mean, trainer.std, trainer.cfg["crop"]
-        test = inference.evaluate(trainer.model, test_set, crop, m, std=s)
-        tr = inference.evaluate(trainer.model, train_set, crop, m, std=s)
-        return {"n_test": len(test_set), "n_train": len(train_set), "test": test, "train": tr,
-                "gap": test["top1"] - tr["top1"]}
-    return after
-
-
-def compare_arms(a, b, labels=("3/2", "2/2"), what="lower"):
-    """The verdict rule, fixed before the runs.  ``a``, ``b``: per-seed values of a
-    quantity where lower is better (test error, overfitting gap) for arms
-    ``labels``.  The difference of the means b - a (positive: a is lower) and its
-    standard error sqrt(s_a^2 / n_a + s_b^2 / n_b) across seeds (s: the sample std);
-    "<a> lower" only if the difference exceeds 2 standard errors, "<b> lower" if it is
-    below -2, else "within noise".  Fewer than 2 seeds in an arm: no verdict."""
-    a, b = [float(v) for v in a], [float(v) for v in b]
-    out = {"n_a": len(a), "n_b": len(b), "values_a": a, "values_b": b,
-           "mean_a": float(np.mean(a)) if a else None, "mean_b": float(np.mean(b)) if b else None,
-           "sd_a": float(np.std(a, ddof=1)) if len(a) > 1 else None,
-           "sd_b": float(np.std(b, ddof=1)) if len(b) > 1 else None,
-           "diff": None, "se": None, "z": None}
-    if len(a) < 2 or len(b) < 2:
-        out["verdict"] = f"not enough seeds ({len(a)} and {len(b)}; 2 per arm at least)"
-        return out
-    out["diff"] = out["mean_b"] - out["mean_a"]
-    out["se"] = float(np.sqrt(out["sd_a"] ** 2 / len(a) + out["sd_b"] ** 2 / len(b)))
-    if out["se"] > 0:
-        out["z"] = out["diff"] / out["se"]
-    else:                                    # every seed the same: any difference is exact
-        out["z"] = 0.0 if out["diff"] == 0 else float(np.copysign(np.inf, out["diff"]))
-    if out["diff"] > 2 * out["se"]:
-        out["verdict"] = f"{labels[0]} {what}"
-    elif out["diff"] < -2 * out["se"]:
-        out["verdict"] = f"{labels[1]} {what}"
-    else:
-        out["verdict"] = "within noise"
-    return out
-
-
 def run_ch04(log=print, data_sets=None):
     """{job name: record or None}: both arms at every seed; trains what is missing
     unless MINIALEXNET_RENDER_ONLY is set."""
     train_set, val_set, test = data_sets or ch04_data()
-    results, runs = dirs("04_overlapping_pooling")
-    return {job.name: experiments.run_job(job, train_set, val_set, results, runs, log=log,
-                                          after=ch04_final(train_set, test),
-                                          train_missing=not RENDER_ONLY)
-            for job in ch04_jobs()}
+    return run_jobs("04_overlapping_pooling", ch04_jobs(), train_set, val_set,
+                    final=lambda job: errors_after_training(train_set, test), log=log)
 
 
 # ------------------------------------------------------------------ chapter 02
@@ -570,10 +594,8 @@ def run_ch02(log=print, data_sets=None):
     """{job name: record or None}: every arm at every seed; trains what is missing
     unless MINIALEXNET_RENDER_ONLY is set."""
     train_set, val_set, test = data_sets or ch02_data()
-    results, runs = dirs("02_multiple_gpus")
-    return {job.name: experiments.run_job(job, train_set, val_set, results, runs, log=log,
-                                          after=ch02_final(test), train_missing=not RENDER_ONLY)
-            for job in ch02_jobs()}
+    return run_jobs("02_multiple_gpus", ch02_jobs(), train_set, val_set,
+                    final=lambda job: ch02_final(test), log=log)
 # ------------------------------------------------------------------ chapter 03
 # Section 3.3: local response normalisation in the four-layer net, three arms at every
 # seed: "none" (no LRN layers), "lrn" (cross-map LRN after pool1 and pool2, the
@@ -694,16 +716,15 @@ def ch03_final(job, train_set, test_set):
     """After training: test-mode top-1/top-5 on the 10,000 test images and top-1 on the
     training images, and the competition at initialisation and after training, on
     the first CH03_N_PROBE test images (centre crops)."""
+    errors = errors_after_training(train_set, test_set)
+
     def after(trainer):
         m, s, crop = trainer.mean, trainer.std, trainer.cfg["crop"]
-        test = inference.evaluate(trainer.model, test_set, crop, m, std=s)
-        tr = inference.evaluate(trainer.model, train_set, crop, m, std=s)
         x = data.EvalTransform(crop, m, std=s)(test_set.x[:CH03_N_PROBE])
         trained = ch03_competition(trainer.model, x)
         start = ch03_competition(ch03_initial_model(job, train_set.num_classes), x)
-        return {"n_test": len(test_set), "n_train": len(train_set), "test": test, "train": tr,
-                "gap": test["top1"] - tr["top1"], "n_probe": int(len(x)),
-                "competition": {"initial": start, "trained": trained}}
+        return dict(errors(trainer), n_probe=int(len(x)),
+                    competition={"initial": start, "trained": trained})
     return after
 
 
@@ -711,11 +732,8 @@ def run_ch03(log=print, data_sets=None):
     """{job name: record or None}: the three arms at every seed; trains what is missing
     unless MINIALEXNET_RENDER_ONLY is set."""
     train_set, val_set, test = data_sets or ch03_data()
-    results, runs = dirs("03_local_response_normalization")
-    return {job.name: experiments.run_job(job, train_set, val_set, results, runs, log=log,
-                                          after=ch03_final(job, train_set, test),
-                                          train_missing=not RENDER_ONLY)
-            for job in ch03_jobs()}
+    return run_jobs("03_local_response_normalization", ch03_jobs(), train_set, val_set,
+                    final=lambda job: ch03_final(job, train_set, test), log=log)
 
 
 # ------------------------------------------------------------------ chapter 06
@@ -775,53 +793,23 @@ def ch06_final(train_set, test_set):
     """After training, in test mode: top-1/top-5 on the test photos with the centre
     crop and with the ten-crop test, and the centre-crop error on the training photos
     (the overfitting gap is test minus training error, both centre crop)."""
+    test_errors = ch08_final(test_set)
+
     def after(trainer):
-        m, s, crop = trainer.mean, trainer.std, trainer.cfg["crop"]
-        centre = inference.evaluate(trainer.model, test_set, crop, m, std=s)
-        ten = inference.evaluate(trainer.model, test_set, crop, m, ten_crop=True, std=s)
-        tr = inference.evaluate(trainer.model, train_set, crop, m, std=s)
-        return {"n_test": len(test_set), "n_train": len(train_set), "centre": centre,
-                "ten_crop": ten, "train": tr, "gap": centre["top1"] - tr["top1"],
-                "ten_minus_centre": ten["top1"] - centre["top1"]}
+        out = test_errors(trainer)
+        tr = inference.evaluate(trainer.model, train_set, trainer.cfg["crop"], trainer.mean,
+                                std=trainer.std)
+        return dict(out, n_train=len(train_set), train=tr, gap=out["centre"]["top1"] - tr["top1"],
+                    ten_minus_centre=out["ten_crop"]["top1"] - out["centre"]["top1"])
     return after
-
-
-def paired_change(deltas, labels=("lower", "higher")):
-    """The verdict rule for a paired change measured once per run (ten-crop minus
-    centre-crop error of the same net): the mean of the per-run differences and its
-    standard error sd / sqrt(n); ``labels[0]`` if the mean is below -2 s.e. (the
-    change lowers the error), ``labels[1]`` if above +2 s.e., else "within noise".
-    Fewer than 2 runs: no verdict."""
-    d = [float(v) for v in deltas]
-    out = {"n": len(d), "values": d, "mean": float(np.mean(d)) if d else None,
-           "sd": None, "se": None, "z": None}
-    if len(d) < 2:
-        out["verdict"] = f"not enough runs ({len(d)}; 2 at least)"
-        return out
-    out["sd"] = float(np.std(d, ddof=1))
-    out["se"] = out["sd"] / float(np.sqrt(len(d)))
-    if out["se"] > 0:
-        out["z"] = out["mean"] / out["se"]
-    else:                       # every run the same: no noise to compare with
-        out["z"] = 0.0 if out["mean"] == 0 else float(np.copysign(np.inf, out["mean"]))
-    if out["mean"] < -2 * out["se"]:
-        out["verdict"] = labels[0]
-    elif out["mean"] > 2 * out["se"]:
-        out["verdict"] = labels[1]
-    else:
-        out["verdict"] = "within noise"
-    return out
 
 
 def run_ch06(log=print, data_sets=None):
     """{job name: record or None}: both arms at every seed; trains what is missing
     unless MINIALEXNET_RENDER_ONLY is set."""
     train_set, val_set, test = data_sets or ch06_data()
-    results, runs = dirs("06_data_augmentation")
-    return {job.name: experiments.run_job(job, train_set, val_set, results, runs, log=log,
-                                          after=ch06_final(train_set, test),
-                                          train_missing=not RENDER_ONLY)
-            for job in ch06_jobs()}
+    return run_jobs("06_data_augmentation", ch06_jobs(), train_set, val_set,
+                    final=lambda job: ch06_final(train_set, test), log=log)
 
 
 # Section 4.1's other claim, "without this scheme, our network suffers from
@@ -891,7 +879,7 @@ def run_ch06_aug(log=print, data_sets=None):
     for job in ch06_aug_jobs():
         tr, va, te = ch06_aug_views(job, *sets)
         out[job.name] = experiments.run_job(job, tr, va, results, runs, log=log,
-                                            after=ch04_final(tr, te), train_missing=not RENDER_ONLY)
+                                            after=errors_after_training(tr, te), train_missing=not RENDER_ONLY)
     return out
 
 
@@ -1044,14 +1032,13 @@ def ch07_final(train_set, val_set, test_set):
     """After training: eval-mode top-1/top-5 on the 10,000 test images and top-1 on all
     the training images (their difference: the overfitting gap); for a dropout net,
     the ensemble check on the validation images."""
+    errors = errors_after_training(train_set, test_set)
+
     def after(trainer):
-        m, s, crop = trainer.mean, trainer.std, trainer.cfg["crop"]
-        test = inference.evaluate(trainer.model, test_set, crop, m, std=s)
-        tr = inference.evaluate(trainer.model, train_set, crop, m, std=s)
-        out = {"n_test": len(test_set), "n_train": len(train_set), "test": test, "train": tr,
-               "gap": test["top1"] - tr["top1"]}
+        out = errors(trainer)
         if trainer.model.config.get("dropout"):
-            out["ensemble"] = ch07_ensemble(trainer.model, val_set, crop, m, s)
+            out["ensemble"] = ch07_ensemble(trainer.model, val_set, trainer.cfg["crop"],
+                                            trainer.mean, trainer.std)
         return out
     return after
 
@@ -1062,11 +1049,9 @@ def run_ch07(log=print, data_sets=None):
     images (heldout_*); trains what is missing unless MINIALEXNET_RENDER_ONLY is set."""
     train_set, val_set, test = data_sets or ch07_data()
     hook = experiments.eval_mode_hook(fit=ch07_fit_subset(train_set), heldout=val_set)
-    results, runs = dirs("07_dropout")
-    return {job.name: experiments.run_job(job, train_set, val_set, results, runs, log=log,
-                                          after=ch07_final(train_set, val_set, test), epoch_eval=hook,
-                                          train_missing=not RENDER_ONLY)
-            for job in ch07_jobs()}
+    return run_jobs("07_dropout", ch07_jobs(), train_set, val_set,
+                    final=lambda job: ch07_final(train_set, val_set, test), log=log,
+                    epoch_eval=hook)
 
 
 def main(which):

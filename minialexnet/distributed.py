@@ -172,13 +172,26 @@ class _Buckets:
     for each bucket in turn and writes the mean back into the arrays."""
 
     def __init__(self, comm, templates):
-        self.comm, self.layout = comm, comm._layout(templates)
-        self.slot = {i: (b, j) for b, (items, _) in enumerate(self.layout)
-                     for j, (i, _, _) in enumerate(items)}
-        self.arrays = [[None] * len(items) for items, _ in self.layout]
-        self.missing = [len(items) for items, _ in self.layout]
+        self.comm, self.layout = comm, self._plan(comm, templates)
+        items = [self._items(entry) for entry in self.layout]
+        self.slot = {i: (b, j) for b, its in enumerate(items) for j, (i, _, _) in enumerate(its)}
+        self.arrays = [[None] * len(its) for its in items]
+        self.missing = [len(its) for its in items]
         self.requests = [None] * len(self.layout)
         self.started = 0                          # buckets on their way
+
+    @staticmethod
+    def _plan(comm, templates):
+        return comm._layout(templates)            # [(items, host buffer)]
+
+    @staticmethod
+    def _items(entry):
+        return entry[0]
+
+    def _check_all_started(self):
+        if self.started < len(self.layout):
+            raise RuntimeError(f"{len(self.layout) - self.started} gradient bucket(s) never "
+                               "filled: backward did not reach every parameter")
 
     def ready(self, i, a):
         t0 = time.perf_counter()
@@ -201,9 +214,7 @@ class _Buckets:
 
     def finish(self):
         t0 = time.perf_counter()
-        if self.started < len(self.layout):
-            raise RuntimeError(f"{len(self.layout) - self.started} gradient bucket(s) never "
-                               "filled: backward did not reach every parameter")
+        self._check_all_started()
         for (items, buf), arrays, req in zip(self.layout, self.arrays, self.requests):
             self.comm._wait([req], "gradient allreduce")
             buf /= self.comm.size
@@ -655,13 +666,13 @@ class _NCCLBuckets(_Buckets):
     stream (an event again), queues the unpacking of the means there, and waits
     under the watchdog until the devices are done."""
 
-    def __init__(self, comm, templates):
-        self.comm, self.layout = comm, comm._buckets(templates)
-        self.slot = {i: (b, j) for b, (_, items, _) in enumerate(self.layout)
-                     for j, (i, _, _) in enumerate(items)}
-        self.arrays = [[None] * len(items) for _, items, _ in self.layout]
-        self.missing = [len(items) for _, items, _ in self.layout]
-        self.started = 0
+    @staticmethod
+    def _plan(comm, templates):
+        return comm._buckets(templates)           # [(device, items, device buffer)]
+
+    @staticmethod
+    def _items(entry):
+        return entry[1]
 
     def _start(self, b):
         c = self.comm
@@ -683,9 +694,7 @@ class _NCCLBuckets(_Buckets):
 
     def finish(self):
         t0 = time.perf_counter()
-        if self.started < len(self.layout):
-            raise RuntimeError(f"{len(self.layout) - self.started} gradient bucket(s) never "
-                               "filled: backward did not reach every parameter")
+        self._check_all_started()
         c = self.comm
         for d in dict.fromkeys(d for d, _, _ in self.layout):
             with backend.device(d):

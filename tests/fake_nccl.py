@@ -82,11 +82,11 @@ class FakeCupy:
         outer = self
 
         class Stream:
-            def __init__(self, *args, ptr=None, **kwargs):
-                if ptr is None:
+            def __init__(self, *args, ptr=None, device=None, **kwargs):
+                if ptr is None:                  # made by the code under test (compute streams are not)
                     outer.rec.add("cuda.Stream", args, kwargs)
                 self.ptr = ptr if ptr is not None else 2000 + len(outer.streams)
-                self.device = fake_devices.current_device()
+                self.device = fake_devices.current_device() if device is None else device
                 self.ready = True            # waited for the compute stream since its last collective
                 self.unjoined = False        # a collective not yet waited for by the compute stream
                 outer.streams[self.ptr] = self
@@ -135,9 +135,7 @@ class FakeCupy:
         device = fake_devices.current_device() if device is None else device
         ptr = 1000 + device
         if ptr not in self.streams:
-            with fake_devices._Bypass():
-                self.Stream(ptr=ptr)
-            self.streams[ptr].device = device
+            self.Stream(ptr=ptr, device=device)
         return self.streams[ptr]
 
     def collective(self, stream_ptr, device, what):
