@@ -27,6 +27,10 @@ FAST = notebook.fast_mode()
 # MINIALEXNET_RENDER_ONLY=1: train nothing, render the records that exist (a chapter
 # executed while its jobs are still running in the background says how far they are).
 RENDER_ONLY = os.environ.get("MINIALEXNET_RENDER_ONLY", "").strip() not in ("", "0")
+# How every chapter job runs (experiments.run_job): nothing trained when render-only; in
+# fast mode no per-run curves.png / health.png (no one looks at a CI run's pictures, and
+# drawing them is most of a tiny job's time).
+RUN_OPTIONS = {"train_missing": not RENDER_ONLY, "figures": not FAST}
 
 
 def dirs(chapter):
@@ -45,7 +49,7 @@ def run_jobs(chapter, jobs, train_set, val_set, final=None, log=print, **kwargs)
     results, runs = dirs(chapter)
     return {job.name: experiments.run_job(job, train_set, val_set, results, runs, log=log,
                                           after=final and final(job),
-                                          train_missing=not RENDER_ONLY, **kwargs)
+                                          **RUN_OPTIONS, **kwargs)
             for job in jobs}
 
 
@@ -310,7 +314,7 @@ def ch01_sweep_jobs(setting, act, lrs=None):
     model, kw = ch01_settings()[setting][act]
     return [experiments.Job(f"sweep-{setting}-{act}-lr{lr:g}", _ch01_cfg(model, kw, lr, 0, 1),
                             describe={"setting": setting, "activation": act, "lr": lr})
-            for lr in (lrs or notebook.pick(LRS, LRS[1:3]))]
+            for lr in (lrs or notebook.pick(LRS, LRS[2:3]))]
 
 
 def _final(record):
@@ -369,12 +373,12 @@ def run_ch01_raw(log=print, data_sets=None):
     train_set, val_set = data_sets or ch01_data()
     results, runs = dirs("01_relu")
     return {job.describe["lr"]: experiments.run_job(job, train_set, val_set, results, runs, log=log,
-                                                    train_missing=not RENDER_ONLY)
+                                                    **RUN_OPTIONS)
             for job in ch01_raw_jobs()}
 
 
 def ch01_data():
-    return notebook.chapter_data("cifar10", n_train=notebook.pick(None, 512),
+    return notebook.chapter_data("cifar10", n_train=notebook.pick(None, 256),
                                  n_val=notebook.pick(1000, 128))
 
 
@@ -387,7 +391,7 @@ def run_ch01(settings=None, log=print, data_sets=None):
     for setting in settings or ch01_settings():
         out[setting] = {}
         for act in ("relu", "tanh"):
-            run = dict(log=log, train_missing=not RENDER_ONLY)
+            run = dict(log=log, **RUN_OPTIONS)
             sweep, extra = [], list(notebook.pick(EXTRA_LRS, EXTRA_LRS[:1]))
             jobs = ch01_sweep_jobs(setting, act)
             while jobs:
@@ -879,7 +883,7 @@ def run_ch06_aug(log=print, data_sets=None):
     for job in ch06_aug_jobs():
         tr, va, te = ch06_aug_views(job, *sets)
         out[job.name] = experiments.run_job(job, tr, va, results, runs, log=log,
-                                            after=errors_after_training(tr, te), train_missing=not RENDER_ONLY)
+                                            after=errors_after_training(tr, te), **RUN_OPTIONS)
     return out
 
 

@@ -80,7 +80,7 @@ def _write(results_dir, job, trainer, status, seconds):
 
 
 def run_job(job, train_set, val_set, results_dir, runs_dir, log=print, after=None,
-            train_missing=True, epoch_eval=None):
+            train_missing=True, epoch_eval=None, figures=True):
     """Train ``job`` on (``train_set``, ``val_set``) unless its record is complete;
     resume it from ``runs_dir/<name>/checkpoint.npz`` if a checkpoint is there.
     ``after(trainer)`` runs once when the job completes (e.g. a test-set evaluation;
@@ -88,12 +88,13 @@ def run_job(job, train_set, val_set, results_dir, runs_dir, log=print, after=Non
     ``train_missing=False`` trains nothing: it returns what is there (a complete or
     still-running job's record, or None), to render a chapter while its jobs run.
     ``epoch_eval(trainer) -> dict``: extra numbers for every epoch's history row
-    (``train.Trainer``; e.g. ``eval_mode_hook``)."""
+    (``train.Trainer``; e.g. ``eval_mode_hook``).  ``figures=False``: no curves.png
+    or health.png in the run directory (drawing them is most of a tiny job's time)."""
     rec = load_record(results_dir, job.name)
     if (rec and rec.get("status") == "complete") or not train_missing:
         return rec
     out = os.path.join(runs_dir, job.name)
-    cfg = train.default_config(**{"progress": False, **job.cfg, "out": out})
+    cfg = train.default_config(**{"progress": False, "figures": figures, **job.cfg, "out": out})
     from . import backend
     backend.use(cfg["backend"], seed=cfg["seed"], devices=cfg["devices"])
     mean = data.mean_image(train_set.x, data.stats_file(train_set, "mean"), progress_bar=False)

@@ -104,7 +104,7 @@ def default_config(**overrides):
         schedule="plateau", patience=3, plateau_threshold=0.0, max_reductions=3,
         step_epochs=30, step_fractions=(0.5, 0.75, 0.9), health_every=50,
         seed=0, backend="numpy", devices=None, out="runs/latest", resume=False,
-        max_steps=None, checkpoint_every=200, workers=2, progress=True,
+        max_steps=None, checkpoint_every=200, workers=2, progress=True, figures=True,
         distributed=None, rank_timeout=distributed.DEFAULT_TIMEOUT,
     )
     unknown = set(overrides) - set(cfg)
@@ -523,6 +523,8 @@ class Trainer:
         w.writeheader()
         w.writerows(self.history)
         atomic_write_text(self._path("metrics.csv"), table.getvalue())
+        if not self.cfg.get("figures", True):
+            return
         try:
             from .viz import plot_history
             plot_history(self.history, self._path("curves.png"))
@@ -675,7 +677,8 @@ def parse_args(argv=None):
 
 
 # argparse dests whose config key has another name.
-DEST_KEYS = {"layers": "model_kwargs", "no_flip": "flip", "no_progress": "progress"}
+DEST_KEYS = {"layers": "model_kwargs", "no_flip": "flip", "no_progress": "progress",
+             "no_figures": "figures"}
 
 
 def parse_options(argv=None):
@@ -760,7 +763,7 @@ def _parser():
                         "state, and --seed: any of these given with another value is refused. "
                         "It keeps --epochs, --checkpoint-every, --health-every, --backend, "
                         "--devices and --data-dir unless given anew (a larger --epochs trains "
-                        "longer).  --max-steps, --workers, --no-progress and --distributed "
+                        "longer).  --max-steps, --workers, --no-progress, --no-figures and --distributed "
                         "are this command's own.  A complete run says so and writes nothing. "
                         "Files go to --out, never to where the checkpoint was first written")
     p.add_argument("--max-steps", type=cli.positive_int, default=None,
@@ -773,6 +776,9 @@ def _parser():
     p.add_argument("--workers", type=cli.positive_int, default=d["workers"],
                    help="background threads that decode and augment batches")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-figures", action="store_true",
+                   help="do not redraw curves.png and health.png each epoch (drawing them "
+                        "costs about half a second: most of a tiny run's time)")
     p.add_argument("--distributed", nargs="?", const="auto", choices=["auto", "mpi", "nccl"],
                    help="data parallel over the ranks of an MPI job (mpiexec -n K ...): "
                         "--batch-size is the global batch; mpi: host buffers; nccl: "
@@ -804,6 +810,7 @@ def _config_of(p, a):
         backend=a.backend, devices=a.devices, out=a.out, resume=a.resume,
         max_steps=a.max_steps, checkpoint_every=a.checkpoint_every,
         health_every=a.health_every, workers=a.workers, progress=not a.no_progress,
+        figures=not a.no_figures,
         distributed=a.distributed, rank_timeout=a.rank_timeout)
 
 
@@ -910,11 +917,12 @@ RESUME_MAY_CHANGE = ("epochs", "checkpoint_every", "health_every", "backend", "d
                      "data_dir")
 # These are this command's own, never the checkpoint's: where the run is (the
 # checkpoint's saved "out" is never a place to write), and how this process runs.
-RESUME_THIS_COMMAND = ("out", "resume", "max_steps", "progress", "workers", "distributed",
+RESUME_THIS_COMMAND = ("out", "resume", "max_steps", "progress", "figures", "workers",
+                       "distributed",
                        "rank_timeout")
 # Config keys whose option has another name (the others: --batch-size for batch_size).
 OPTION_NAMES = {"model_kwargs": "--model-kwargs/--layers", "flip": "--no-flip",
-                "progress": "--no-progress", "image_size": "image_size", "crop": "crop",
+                "progress": "--no-progress", "figures": "--no-figures", "image_size": "image_size", "crop": "crop",
                 "max_reductions": "max_reductions"}
 
 

@@ -52,6 +52,18 @@ def test_run_writes_metrics_curves_and_checkpoint(tmp_path):
     assert meta["epoch"] == 2 and meta["step"] == 8 and meta["config"]["model"] == "fournet"
 
 
+def test_no_figures_writes_the_metrics_but_draws_nothing(tmp_path):
+    # --no-figures is this command's own: a run started with figures resumes without
+    cfg_, given = train.parse_options(["--dataset", "synthetic", "--n-train", "64", "--model",
+                                       "fournet", "--epochs", "1", "--no-figures"])
+    assert cfg_["figures"] is False and "figures" in given
+    assert "figures" in train.RESUME_THIS_COMMAND
+    train.run(cfg(tmp_path, epochs=1, figures=False), log=lambda *a: None)
+    out = tmp_path / "run"
+    assert (out / "metrics.jsonl").stat().st_size > 0
+    assert not (out / "curves.png").exists() and not (out / "health.png").exists()
+
+
 @pytest.mark.parametrize("stop", [3, 4])
 def test_resume_is_bit_identical_to_a_straight_run(tmp_path, stop):
     # 4 steps per epoch: stopping at 3 and resuming to 7 crosses an epoch boundary
