@@ -20,6 +20,10 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+if __name__ == "__main__":    # jobs run from a terminal: CPU tuning before NumPy loads (cpu.py)
+    from minialexnet.cpu import tune
+    print("jobs.py:", tune().note, flush=True)
+
 from minialexnet import data, experiments, inference, notebook, train   # noqa: E402
 from minialexnet.backend import np   # noqa: E402
 
@@ -1058,40 +1062,29 @@ def run_ch07(log=print, data_sets=None):
                     epoch_eval=hook)
 
 
+def _chapter_runs():
+    """{key: what it runs}: the chapters' job keys of ``python jobs.py KEY ...``."""
+    runs = {"08": run_ch08,
+            "08:control": lambda: run_ch08(ch08_control()),    # Figure 3's control: one tower
+            "08:imagenette": run_ch08b,                         # the paper's AlexNet on real photos
+            "04": run_ch04, "02": run_ch02, "03": run_ch03,
+            "06": lambda: (run_ch06(), run_ch06_aug()),         # PCA colour and ten-crop, then crops
+            "06:pca": run_ch06, "06:crops": run_ch06_aug, "07": run_ch07,
+            "01": run_ch01, "01:raw": run_ch01_raw}            # 01:raw: the raw-pixel health runs
+    for setting in ch01_settings():                             # one setting of 01: 01:deep
+        runs[f"01:{setting}"] = lambda s=setting: run_ch01([s])
+    return runs
+
+
 def main(which):
-    """Run the named chapters' jobs in turn (see the module docstring)."""
-    for chapter in which:
-        if chapter == "08":
-            run_ch08()
-        elif chapter == "08:control":            # Figure 3's control: one tower, seed 1
-            run_ch08(ch08_control())
-        elif chapter == "08:imagenette":         # the paper's AlexNet on real photos
-            run_ch08b()
-        elif chapter == "04":
-            run_ch04()
-        elif chapter == "02":
-            run_ch02()
-        elif chapter == "03":
-            run_ch03()
-        elif chapter == "06":                    # PCA colour and ten-crop, then crops and flips
-            run_ch06()
-            run_ch06_aug()
-        elif chapter == "06:pca":
-            run_ch06()
-        elif chapter == "06:crops":
-            run_ch06_aug()
-        elif chapter == "07":
-            run_ch07()
-        elif chapter == "01":
-            run_ch01()
-        elif chapter == "01:raw":                # the raw-pixel health run
-            run_ch01_raw()
-        elif chapter.startswith("01:"):          # one setting: 01:deep
-            run_ch01([chapter[3:]])
-        else:
-            sys.exit(f"jobs.py: unknown chapter {chapter!r} (have: 01, 01:<setting>, 01:raw, 02, 03, 04, 06, "
-                     "06:pca, 06:crops, 07, 08, "
-                     "08:control, 08:imagenette)")
+    """Run the named chapters' jobs in turn (see the module docstring); every key is
+    checked before the first job starts."""
+    runs = _chapter_runs()
+    unknown = [k for k in which if k not in runs]
+    if unknown:
+        sys.exit(f"jobs.py: unknown chapter {unknown[0]!r} (have: {', '.join(runs)})")
+    for key in which:
+        runs[key]()
 
 
 if __name__ == "__main__":
