@@ -32,7 +32,8 @@ HISTORY = [{"epoch": 1, "train_loss": 2.0, "train_error": 0.9, "val_top1": 0.8,
 
 def _metrics(path):
     d = os.path.dirname(path)
-    fake = types.SimpleNamespace(history=HISTORY, health=[], _path=lambda name: os.path.join(d, name))
+    fake = types.SimpleNamespace(history=HISTORY, health=[], cfg={"figures": True},
+                                 _path=lambda name: os.path.join(d, name))
     train.Trainer._write_metrics(fake)
 
 
