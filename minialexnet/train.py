@@ -523,7 +523,7 @@ class Trainer:
         w.writeheader()
         w.writerows(self.history)
         atomic_write_text(self._path("metrics.csv"), table.getvalue())
-        if not self.cfg.get("figures", True):
+        if not self.cfg["figures"]:
             return
         try:
             from .viz import plot_history
@@ -763,8 +763,8 @@ def _parser():
                         "state, and --seed: any of these given with another value is refused. "
                         "It keeps --epochs, --checkpoint-every, --health-every, --backend, "
                         "--devices and --data-dir unless given anew (a larger --epochs trains "
-                        "longer).  --max-steps, --workers, --no-progress, --no-figures and --distributed "
-                        "are this command's own.  A complete run says so and writes nothing. "
+                        "longer).  --max-steps, --workers, --no-progress, --no-figures and "
+                        "--distributed are this command's own.  A complete run says so and writes nothing. "
                         "Files go to --out, never to where the checkpoint was first written")
     p.add_argument("--max-steps", type=cli.positive_int, default=None,
                    help="stop after this many steps (default: no limit)")
@@ -918,12 +918,11 @@ RESUME_MAY_CHANGE = ("epochs", "checkpoint_every", "health_every", "backend", "d
 # These are this command's own, never the checkpoint's: where the run is (the
 # checkpoint's saved "out" is never a place to write), and how this process runs.
 RESUME_THIS_COMMAND = ("out", "resume", "max_steps", "progress", "figures", "workers",
-                       "distributed",
-                       "rank_timeout")
+                       "distributed", "rank_timeout")
 # Config keys whose option has another name (the others: --batch-size for batch_size).
 OPTION_NAMES = {"model_kwargs": "--model-kwargs/--layers", "flip": "--no-flip",
-                "progress": "--no-progress", "figures": "--no-figures", "image_size": "image_size", "crop": "crop",
-                "max_reductions": "max_reductions"}
+                "progress": "--no-progress", "figures": "--no-figures", "image_size": "image_size",
+                "crop": "crop", "max_reductions": "max_reductions"}
 
 
 def resume_config(saved, cfg, given):

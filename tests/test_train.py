@@ -53,7 +53,7 @@ def test_run_writes_metrics_curves_and_checkpoint(tmp_path):
 
 
 def test_no_figures_writes_the_metrics_but_draws_nothing(tmp_path):
-    # --no-figures is this command's own: a run started with figures resumes without
+    # --no-figures is this command's own (like --no-progress): a resume may change it
     cfg_, given = train.parse_options(["--dataset", "synthetic", "--n-train", "64", "--model",
                                        "fournet", "--epochs", "1", "--no-figures"])
     assert cfg_["figures"] is False and "figures" in given
