@@ -1,5 +1,6 @@
-"""Chapter 03's experiment (chapters/jobs.py, "chapter 03"): the three arms, the LRN
-constants converted from cuda-convnet, and the competition measure, fixed before the runs."""
+"""Chapter 03's experiment (chapters/jobs.py, "chapter 03"): the two arms and their
+validation grids, the LRN constants converted from cuda-convnet, the alpha = 0 control,
+and the competition measure, all fixed before the runs."""
 
 import math
 import pathlib
@@ -14,25 +15,29 @@ jobs = pytest.importorskip("jobs")
 from minialexnet.layers import LocalResponseNorm   # noqa: E402
 
 
-def test_ch03_arms_differ_only_in_the_lrn_layers():
-    jobs_ = jobs.ch03_jobs()
-    assert len({j.name for j in jobs_}) == len(jobs_)
-    for seed in {j.describe["seed"] for j in jobs_}:
-        triple = {j.describe["arm"]: j for j in jobs_ if j.describe["seed"] == seed}
-        assert sorted(triple) == sorted(jobs.CH03_ARMS)
-        rest = [dict(j.cfg, model_kwargs={k: v for k, v in j.cfg["model_kwargs"].items()
-                                          if k not in ("lrn", "lrn_args")}) for j in triple.values()]
-        assert all(r == rest[0] for r in rest) and rest[0]["seed"] == seed
-        assert rest[0]["lr"] == jobs.CH03_LR and rest[0]["schedule"] == "budget"
-        kw = {arm: j.cfg["model_kwargs"] for arm, j in triple.items()}
-        assert kw["none"]["lrn"] is False and "lrn_args" not in kw["none"]
-        assert kw["lrn"]["lrn_args"] == jobs.CH03_LRN
-        # the control: the same layers, alpha = 0 (b = a / k^beta), nothing else changed
-        assert kw["alpha0"]["lrn_args"] == dict(jobs.CH03_LRN, alpha=0.0)
+def _strip_lrn(job):
+    kw = {k: v for k, v in job.cfg["model_kwargs"].items() if k not in ("lrn", "lrn_args")}
+    return dict(job.cfg, model_kwargs=kw)
+
+
+def test_ch03_grids_differ_only_in_the_lrn_layers_and_the_validated_constants():
+    grid = {arm: jobs.ch03_grid_jobs(arm) for arm in jobs.CH03_ARMS}
+    assert sorted({j.describe["lr"] for j in grid["none"]}) == sorted(jobs.CH03_LRS)
+    assert sorted({(j.describe["alpha"], j.describe["lr"]) for j in grid["lrn"]}) == \
+        sorted((a, lr) for a in jobs.CH03_ALPHAS for lr in jobs.CH03_LRS)
+    every = [j for g in grid.values() for j in g]
+    assert len({j.name for j in every}) == len(every)
+    for job in grid["lrn"]:
+        (twin,) = [j for j in grid["none"] if j.cfg["lr"] == job.cfg["lr"]]
+        assert _strip_lrn(job) == _strip_lrn(twin) and job.cfg["seed"] == 0
+        assert job.cfg["schedule"] == "budget"
+        assert twin.cfg["model_kwargs"]["lrn"] is False and "lrn_args" not in twin.cfg["model_kwargs"]
+        assert job.cfg["model_kwargs"]["lrn_args"] == dict(jobs.CH03_LRN, alpha=job.describe["alpha"])
+    assert jobs.CH03_LRN["k"] == 1.0 and jobs.CH03_ALPHAS == (jobs.CH03_LRN["alpha"], jobs.CH03_LRN["alpha"] / 10)
 
 
 def test_ch03_arms_start_from_the_same_weights():
-    # LRN has no parameters: at one seed the three nets must begin identical
+    # LRN has no parameters: at one seed the nets must begin identical
     first = [jobs.ch03_initial_model(jobs.ch03_job(arm, 1)) for arm in jobs.CH03_ARMS]
     p0 = first[0].state_dict()
     for m in first[1:]:
@@ -42,9 +47,22 @@ def test_ch03_arms_start_from_the_same_weights():
     assert not np.array_equal(other["conv1.W"], p0["conv1.W"])
 
 
+def test_ch03_alpha0_control_is_the_no_lrn_net():
+    """With cuda-convnet's k = 1, LRN at alpha = 0 divides by 1^beta: the untrained
+    control arm computes exactly what the none net computes."""
+    from minialexnet import backend
+    x = np.random.default_rng(0).standard_normal((4, 3, jobs.CH03_CROP, jobs.CH03_CROP)).astype(np.float32)
+    outs = []
+    for arm in ("none", "alpha0"):
+        net = jobs.ch03_initial_model(jobs.ch03_job(arm, 0))
+        net.eval()
+        outs.append(backend.to_numpy(net.forward(x)))
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
 def test_ch03_lrn_is_cuda_convnets_layer_on_raw_pixels():
     """Our layer on unit inputs (x / 64) with CH03_LRN, times 64, is cuda-convnet's
-    cmrnorm on raw pixels x: b = x (k + scale / size * sum_window x^2)^-pow."""
+    cmrnorm on raw pixels x: b = x (1 + scale / size * sum_window x^2)^-pow."""
     cc = jobs.CUDA_CONVNET_CMRNORM
     assert math.isclose(jobs.CH03_LRN["alpha"], 0.001 / 9 * 64 ** 2)
     rng = np.random.default_rng(0)
@@ -52,8 +70,43 @@ def test_ch03_lrn_is_cuda_convnets_layer_on_raw_pixels():
     ours = LocalResponseNorm(**jobs.CH03_LRN).astype(np.float64).forward(x / jobs.RAW_PIXEL_STD)
     half = cc["size"] // 2
     window = np.stack([(x[:, max(0, c - half):c + half + 1] ** 2).sum(1) for c in range(x.shape[1])], 1)
-    cuda_convnet = x * (jobs.CH03_LRN["k"] + cc["scale"] / cc["size"] * window) ** -cc["pow"]
+    cuda_convnet = x * (1.0 + cc["scale"] / cc["size"] * window) ** -cc["pow"]
     np.testing.assert_allclose(ours * jobs.RAW_PIXEL_STD, cuda_convnet, rtol=1e-12)
+
+
+def _record(job, val_top1, loss=1.0, status="complete"):
+    return {"name": job.name, "status": status, "describe": job.describe,
+            "history": [{"epoch": 1, "val_top1": 0.9, "train_loss": 2.0},
+                        {"epoch": 2, "val_top1": val_top1, "train_loss": loss}]}
+
+
+def test_ch03_winner_is_the_lowest_final_validation_error_and_nan_loses():
+    grid = jobs.ch03_grid_jobs("lrn")
+    recs = [_record(j, 0.40 - 0.01 * i) for i, j in enumerate(grid)]
+    assert jobs.ch03_winner(recs)["name"] == grid[-1].name
+    recs[-1] = _record(grid[-1], 0.10, loss=float("nan"))             # diverged: loses
+    assert jobs.ch03_winner(recs)["name"] == grid[-2].name
+    tie = [_record(grid[0], 0.3, loss=1.2), _record(grid[1], 0.3, loss=1.1)]
+    assert jobs.ch03_winner(tie)["name"] == grid[1].name               # tie: the lower loss
+    assert jobs.ch03_winner([None]) is None
+
+
+def test_ch03_plan_runs_the_winners_seeds_only_after_the_whole_grid():
+    grid = jobs.ch03_grid_jobs("none")
+    recs = {j.name: _record(j, 0.5) for j in grid}
+    recs[grid[1].name] = _record(grid[1], 0.3)
+    recs[grid[2].name] = _record(grid[2], 0.2, status="running")      # not done yet: no winner
+    assert jobs.ch03_plan(recs)["none"][1] is None
+    assert [j.name for j in jobs.ch03_jobs(recs)] == [j.name for arm in jobs.CH03_ARMS
+                                                     for j in jobs.ch03_grid_jobs(arm)]
+    recs[grid[2].name] = _record(grid[2], 0.6)
+    _, win, seeds = jobs.ch03_plan(recs)["none"]
+    assert win["name"] == grid[1].name
+    assert [j.cfg["seed"] for j in seeds] == list(jobs.CH03_SEEDS)
+    assert seeds[0].name == grid[1].name                                # seed 0 is the grid run
+    assert all(j.cfg["lr"] == grid[1].cfg["lr"] for j in seeds)
+    names = [j.name for j in jobs.ch03_jobs(recs)]
+    assert len(names) == len(set(names)) and seeds[2].name in names
 
 
 class _Maps:
