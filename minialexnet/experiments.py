@@ -11,14 +11,24 @@ and a configuration.  ``run_job``:
   (git-ignored: weights are never committed), so a job stopped mid-way, by Ctrl-C, a
   crash or the end of a session, resumes from its last checkpoint.
 
+Two processes may work through the same jobs at once (two one-thread queues on a
+2-core machine): a job being trained holds a lock on ``<runs>/<name>/.lock``, and
+another process that reaches it skips it instead of training it twice.
+
 The records are small JSON files committed under ``chapters/results/`` next to the
 chapter that made them.  ``split_train_val`` carves a fixed validation split out of a
 training set (the test set is never used to choose anything).
 """
 
+import contextlib
 import json
 import os
 import time
+
+try:
+    import fcntl                  # POSIX; elsewhere jobs are not locked (one queue at a time)
+except ImportError:               # pragma: no cover - Windows
+    fcntl = None
 
 from . import data, inference, train
 from .backend import np
@@ -39,6 +49,26 @@ class Job:
 
     def __repr__(self):
         return f"Job({self.name!r})"
+
+
+@contextlib.contextmanager
+def job_lock(out):
+    """Yields True while this process holds ``out``'s job lock, False if another live
+    process holds it.  The OS drops the lock when its holder exits, even on a crash."""
+    os.makedirs(out, exist_ok=True)
+    if fcntl is None:
+        yield True
+        return
+    with open(os.path.join(out, ".lock"), "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def load_record(results_dir, name):
@@ -89,11 +119,25 @@ def run_job(job, train_set, val_set, results_dir, runs_dir, log=print, after=Non
     still-running job's record, or None), to render a chapter while its jobs run.
     ``epoch_eval(trainer) -> dict``: extra numbers for every epoch's history row
     (``train.Trainer``; e.g. ``eval_mode_hook``).  ``figures=False``: no curves.png
-    or health.png in the run directory (drawing them is most of a tiny job's time)."""
+    or health.png in the run directory (drawing them is most of a tiny job's time).
+    A job another process is training (see ``job_lock``) is skipped: its record as it
+    stands is returned."""
     rec = load_record(results_dir, job.name)
     if (rec and rec.get("status") == "complete") or not train_missing:
         return rec
     out = os.path.join(runs_dir, job.name)
+    with job_lock(out) as mine:
+        if not mine:
+            log(f"{job.name}: another process is training it; skipped")
+            return load_record(results_dir, job.name)
+        rec = load_record(results_dir, job.name)     # it may have finished meanwhile
+        if rec and rec.get("status") == "complete":
+            return rec
+        return _train(job, rec, out, train_set, val_set, results_dir, log, after, epoch_eval, figures)
+
+
+def _train(job, rec, out, train_set, val_set, results_dir, log, after, epoch_eval, figures):
+    """``run_job``'s training, under the job's lock."""
     cfg = train.default_config(**{"progress": False, "figures": figures, **job.cfg, "out": out})
     from . import backend
     backend.use(cfg["backend"], seed=cfg["seed"], devices=cfg["devices"])

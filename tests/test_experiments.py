@@ -49,6 +49,39 @@ def test_job_trains_once_and_writes_its_record(tmp_path):
     assert again == on_disk and calls == [1]
 
 
+def test_a_job_another_process_is_training_is_skipped_not_trained_twice(tmp_path):
+    tr, val = _sets()
+    job = experiments.Job("j", CFG)
+    runs, res, said = tmp_path / "runs", tmp_path / "res", []
+    with experiments.job_lock(str(runs / "j")) as mine:     # as another queue would hold it
+        assert mine
+        rec = experiments.run_job(job, tr, val, str(res), str(runs), log=said.append)
+        assert rec is None and not (res / "j.json").exists()
+        assert said == ["j: another process is training it; skipped"]
+        with experiments.job_lock(str(runs / "j")) as second:
+            assert not second
+    rec = experiments.run_job(job, tr, val, str(res), str(runs), log=lambda *a: None)
+    assert rec["status"] == "complete"                      # the lock was released
+
+
+def test_a_job_finished_by_another_process_while_waiting_is_not_retrained(tmp_path, monkeypatch):
+    import contextlib
+    tr, val = _sets()
+    done = {"name": "j", "status": "complete", "history": []}
+
+    @contextlib.contextmanager
+    def lock_after_the_other_finished(out):
+        (tmp_path / "res").mkdir(exist_ok=True)
+        (tmp_path / "res" / "j.json").write_text(json.dumps(done))   # it completed meanwhile
+        yield True
+
+    monkeypatch.setattr(experiments, "job_lock", lock_after_the_other_finished)
+    rec = experiments.run_job(experiments.Job("j", CFG), tr, val, str(tmp_path / "res"),
+                              str(tmp_path / "runs"), log=lambda *a: None,
+                              after=lambda t: pytest.fail("trained a complete job"))
+    assert rec == done
+
+
 def test_an_interrupted_job_resumes_where_it_stopped(tmp_path):
     tr, val = _sets()
     straight = experiments.run_job(experiments.Job("a", CFG), tr, val, str(tmp_path / "r1"),
