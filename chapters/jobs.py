@@ -57,6 +57,14 @@ def run_jobs(chapter, jobs, train_set, val_set, final=None, log=print, **kwargs)
             for job in jobs}
 
 
+def fresh(records, chapter):
+    """``records`` ({name: record}) read again from disk: a job another queue was
+    training when this one skipped it (see ``experiments.job_lock``) may be complete
+    by now, and what depends on it (a sweep's winner) must see that."""
+    results, _ = dirs(chapter)
+    return {name: experiments.load_record(results, name) or rec for name, rec in records.items()}
+
+
 def two_standard_errors(x, se):
     """The chapters' verdict rule on a difference ``x`` with standard error ``se``:
     (z, side), z = x / se (0 or +-inf when the seeds have no spread: then any
@@ -400,6 +408,7 @@ def run_ch01(settings=None, log=print, data_sets=None):
             jobs = ch01_sweep_jobs(setting, act)
             while jobs:
                 sweep += [experiments.run_job(j, train_set, val_set, results, runs, **run) for j in jobs]
+                sweep = [experiments.load_record(results, r["name"]) if r else r for r in sweep]  # see fresh()
                 complete = all(r and r["status"] == "complete" for r in sweep)
                 jobs = (ch01_sweep_jobs(setting, act, [extra.pop(0)])
                         if complete and extra and needs_lower_lr(sweep) else [])
@@ -803,6 +812,7 @@ def run_ch03(log=print, data_sets=None):
         return run_jobs("03_local_response_normalization", js, train_set, val_set,
                         final=lambda job: ch03_final(job, train_set, test), log=log)
     records = run([j for arm in CH03_ARMS for j in ch03_grid_jobs(arm)])
+    records = fresh(records, "03_local_response_normalization")
     todo = [j for j in ch03_jobs(records) if j.name not in records]
     records.update(run(todo))
     return records

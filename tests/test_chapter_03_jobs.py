@@ -140,3 +140,15 @@ def test_ch03_competition_measures_alpha_times_the_window_sum():
 def test_ch03_competes_when_the_median_unit_loses_a_tenth_of_its_gain(median_over_k, competes):
     # the old run's 0.019 against k = 2 did not compete; the rule's edge is 0.151 k
     assert jobs.ch03_competes({"median_gain_vs_ceiling": (1 + median_over_k) ** -0.75}) is competes
+
+
+def test_fresh_rereads_records_another_queue_completed_after_this_one_skipped_them(tmp_path, monkeypatch):
+    """A queue that skipped a locked grid run holds its record as it was ("running");
+    before choosing a winner it must see the other queue's finished record."""
+    import json
+    monkeypatch.setattr(jobs, "dirs", lambda chapter: (str(tmp_path), str(tmp_path / "runs")))
+    job = jobs.ch03_grid_jobs("none")[0]
+    stale = _record(job, 0.5, status="running")
+    (tmp_path / f"{job.name}.json").write_text(json.dumps(_record(job, 0.4)))
+    got = jobs.fresh({job.name: stale, "never-written": None}, "03_local_response_normalization")
+    assert got[job.name]["status"] == "complete" and got["never-written"] is None
