@@ -196,8 +196,13 @@ def test_predict_runs_images_in_batches(run, capsys, monkeypatch):
                              "(synthetic): horizontal bar, vertical bar,")
     assert sum(line in paths for line in out) == 15
     model, meta, mean, std = load_model(ckpt)
-    assert predict_files(model, meta, mean, paths, batch_size=4, std=std) == \
-        predict_files(model, meta, mean, paths, batch_size=64, std=std)
+    small = predict_files(model, meta, mean, paths, batch_size=4, std=std)
+    large = predict_files(model, meta, mean, paths, batch_size=64, std=std)
+    # the same images, labels and order; the probabilities to float32 rounding (a GEMM's
+    # blocking, hence its last bits, may change with the batch size)
+    assert [(p, [c for c, _ in top]) for p, top in small] == [(p, [c for c, _ in top]) for p, top in large]
+    np.testing.assert_allclose([[q for _, q in top] for _, top in small],
+                               [[q for _, q in top] for _, top in large], rtol=1e-5)
 
 
 @pytest.mark.parametrize("dataset,n,words", [
