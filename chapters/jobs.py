@@ -404,11 +404,12 @@ def run_ch01(settings=None, log=print, data_sets=None):
         out[setting] = {}
         for act in ("relu", "tanh"):
             run = dict(log=log, **RUN_OPTIONS)
-            sweep, extra = [], list(notebook.pick(EXTRA_LRS, EXTRA_LRS[:1]))
+            swept, extra = {}, list(notebook.pick(EXTRA_LRS, EXTRA_LRS[:1]))
             jobs = ch01_sweep_jobs(setting, act)
             while jobs:
-                sweep += [experiments.run_job(j, train_set, val_set, results, runs, **run) for j in jobs]
-                sweep = [experiments.load_record(results, r["name"]) if r else r for r in sweep]  # see fresh()
+                swept.update({j.name: experiments.run_job(j, train_set, val_set, results, runs, **run)
+                              for j in jobs})
+                sweep = list(fresh(swept, "01_relu").values())
                 complete = all(r and r["status"] == "complete" for r in sweep)
                 jobs = (ch01_sweep_jobs(setting, act, [extra.pop(0)])
                         if complete and extra and needs_lower_lr(sweep) else [])

@@ -52,6 +52,26 @@ def test_seed_runs_stop_at_the_target_or_stalled_at_chance(epoch, err, stop):
     assert jobs.seed_stop({"epoch": epoch, "train_error": err}) is stop
 
 
+def test_ch01_sweep_winner_sees_the_records_another_queue_finished(tmp_path, monkeypatch):
+    """A sweep run skipped because another queue held it comes back "running"; once
+    that queue has finished it, the winner is chosen and its seeds run."""
+    import json
+    monkeypatch.setattr(jobs, "dirs", lambda chapter: (str(tmp_path), str(tmp_path / "runs")))
+    trained = []
+
+    def run_job(job, *args, **kwargs):
+        trained.append(job.name)
+        lr = job.describe["lr"]
+        rec = {"name": job.name, "status": "complete", "describe": job.describe,
+               "history": [{"epoch": 1, "train_error": 0.5 - lr, "train_loss": 1.0}]}
+        (tmp_path / f"{job.name}.json").write_text(json.dumps(rec))     # the other queue's
+        return dict(rec, status="running") if job.name.startswith("sweep-") else rec
+    monkeypatch.setattr(jobs.experiments, "run_job", run_job)
+    out = jobs.run_ch01(["fan-in"], log=lambda *a: None, data_sets=(None, None))["fan-in"]["relu"]
+    assert out["lr"] == max(jobs.LRS)
+    assert [r["name"] for r in out["seeds"]] == [j.name for j in jobs.ch01_seed_jobs("fan-in", "relu", max(jobs.LRS))]
+
+
 def test_the_settings_are_named_and_both_activations_present():
     settings = jobs.ch01_settings()
     assert list(settings) == ["fan-in", "cuda-convnet", "saturating", "deep", "deep-fc8-zero"]
