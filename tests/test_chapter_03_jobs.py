@@ -152,3 +152,24 @@ def test_fresh_rereads_records_another_queue_completed_after_this_one_skipped_th
     (tmp_path / f"{job.name}.json").write_text(json.dumps(_record(job, 0.4)))
     got = jobs.fresh({job.name: stale, "never-written": None}, "03_local_response_normalization")
     assert got[job.name]["status"] == "complete" and got["never-written"] is None
+
+
+@pytest.mark.parametrize("arm, alpha", [("lrn", jobs.CH03_ALPHAS[1]), ("lrn", jobs.CH03_ALPHAS[0]),
+                                        ("none", None)])
+def test_ch03_final_measures_competition_with_the_jobs_own_lrn_constants(arm, alpha, monkeypatch):
+    """The trained lrn net's competition is measured with the alpha its grid chose (not
+    the module default); the none net with what cuda-convnet's layer would do."""
+    import types
+    seen = []
+    monkeypatch.setattr(jobs, "errors_after_training", lambda *a: lambda trainer: {})
+    monkeypatch.setattr(jobs, "ch03_initial_model", lambda job, n: "initial")
+    monkeypatch.setattr(jobs, "ch03_competition", lambda model, x, lrn: seen.append((model, lrn)))
+    monkeypatch.setattr(jobs.data, "EvalTransform", lambda crop, m, std: (lambda x: x))
+    job = jobs.ch03_job(arm, 0, jobs.CH03_LRS[0], alpha)
+    trainer = types.SimpleNamespace(mean=0, std=1, cfg={"crop": 28}, model="trained")
+    test_set = types.SimpleNamespace(x=np.zeros((jobs.CH03_N_PROBE + 5, 1)))
+    out = jobs.ch03_final(job, types.SimpleNamespace(num_classes=10), test_set)(trainer)
+    want = dict(jobs.CH03_LRN, alpha=alpha) if arm == "lrn" else jobs.CH03_LRN
+    assert [m for m, _ in seen] == ["trained", "initial"]
+    assert all(lrn == want for _, lrn in seen)
+    assert out["n_probe"] == jobs.CH03_N_PROBE
