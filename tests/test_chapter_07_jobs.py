@@ -56,6 +56,19 @@ def test_ch07_recipe_is_the_issue_s():
     assert jobs.CH07_LEVEL in jobs.CH07_LEVELS
 
 
+def test_ch07_long_jobs_are_the_40_epoch_pairs_at_3x_the_epochs():
+    """The longer budget (named after the 40-epoch runs) changes the epochs, and
+    with them the schedule's milestones, and nothing else; its names are new, so the
+    40-epoch records are neither reused nor overwritten."""
+    short, long_ = jobs.ch07_jobs(), jobs.ch07_jobs(long=True)
+    assert jobs.CH07_LONG_EPOCHS == 3 * jobs.CH07_EPOCHS
+    assert [j.name + "-e120" for j in short] == [j.name for j in long_]
+    for a, b in zip(short, long_):
+        assert b.cfg["epochs"] == jobs.CH07_LONG_EPOCHS and dict(b.cfg, epochs=a.cfg["epochs"]) == a.cfg
+        assert b.describe == dict(a.describe, long=True)
+    assert jobs._chapter_runs()["07:long"] is not jobs._chapter_runs()["07"]
+
+
 def rows(fit, held):
     return [{"epoch": i + 1, "fit_loss": f, "heldout_loss": h} for i, (f, h) in enumerate(zip(fit, held))]
 

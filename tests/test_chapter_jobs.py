@@ -183,6 +183,23 @@ def test_jobs_py_stopped_by_a_signal_says_one_line(monkeypatch, capsys):
     assert str(e.value).startswith("jobs.py: stopped by SIGINT") and "resume" in str(e.value)
 
 
+def test_jobs_py_ctrl_c_outside_training_says_one_line(monkeypatch):
+    """Ctrl-C during a finished job's final evaluation (the Trainer's handler is not
+    installed there: a plain KeyboardInterrupt) ends jobs.py with one line too."""
+    import runpy
+    from minialexnet import experiments
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(sys, "argv", ["jobs.py", "04"])
+    monkeypatch.setattr(experiments, "run_job", interrupted)
+    monkeypatch.setenv("MINIALEXNET_FAST", "1")
+    monkeypatch.setenv("MINIALEXNET_DATA", "/nonexistent-data-dir")
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(pathlib.Path(jobs.__file__)), run_name="__main__")
+    assert str(e.value).startswith("jobs.py: stopped by Ctrl-C outside training") and "resume" in str(e.value)
+
+
 def test_jobs_py_tunes_the_cpu_and_checks_every_key_before_training():
     """From a terminal, jobs.py applies cpu.tune() before NumPy loads (the jobs train
     25-30 % faster, same numbers), and a mistyped key after a valid one stops it at
