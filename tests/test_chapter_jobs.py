@@ -166,38 +166,26 @@ def test_deep_fc8_zero_is_the_deep_net_with_a_uniform_first_softmax(act):
     assert np.abs(nets[0].eval().forward(x)).max() > 0.1     # (d): logits far from uniform
 
 
-def test_jobs_py_stopped_by_a_signal_says_one_line(monkeypatch, capsys):
-    """Ctrl-C while a job trains: the job has saved its checkpoint (the Trainer's
-    business); jobs.py itself ends with one line saying how to resume, no traceback."""
+@pytest.mark.parametrize("where, says", [
+    ("training", "jobs.py: stopped by SIGINT"),
+    # a finished job's final evaluation: the Trainer's handler is not installed there
+    ("final evaluation", "jobs.py: stopped by Ctrl-C outside training")])
+def test_jobs_py_stopped_by_ctrl_c_says_one_line(where, says, monkeypatch):
+    """Ctrl-C while a job trains (the job has saved its checkpoint: the Trainer's
+    business) or outside training: jobs.py ends with one line saying how to resume,
+    no traceback."""
     import runpy
     from minialexnet import experiments, train
 
     def interrupted(*args, **kwargs):
-        raise train.Interrupted()
+        raise train.Interrupted() if where == "training" else KeyboardInterrupt
     monkeypatch.setattr(sys, "argv", ["jobs.py", "04"])
     monkeypatch.setattr(experiments, "run_job", interrupted)
     monkeypatch.setenv("MINIALEXNET_FAST", "1")
     monkeypatch.setenv("MINIALEXNET_DATA", "/nonexistent-data-dir")
     with pytest.raises(SystemExit) as e:
         runpy.run_path(str(pathlib.Path(jobs.__file__)), run_name="__main__")
-    assert str(e.value).startswith("jobs.py: stopped by SIGINT") and "resume" in str(e.value)
-
-
-def test_jobs_py_ctrl_c_outside_training_says_one_line(monkeypatch):
-    """Ctrl-C during a finished job's final evaluation (the Trainer's handler is not
-    installed there: a plain KeyboardInterrupt) ends jobs.py with one line too."""
-    import runpy
-    from minialexnet import experiments
-
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-    monkeypatch.setattr(sys, "argv", ["jobs.py", "04"])
-    monkeypatch.setattr(experiments, "run_job", interrupted)
-    monkeypatch.setenv("MINIALEXNET_FAST", "1")
-    monkeypatch.setenv("MINIALEXNET_DATA", "/nonexistent-data-dir")
-    with pytest.raises(SystemExit) as e:
-        runpy.run_path(str(pathlib.Path(jobs.__file__)), run_name="__main__")
-    assert str(e.value).startswith("jobs.py: stopped by Ctrl-C outside training") and "resume" in str(e.value)
+    assert str(e.value).startswith(says) and "resume" in str(e.value)
 
 
 def test_jobs_py_tunes_the_cpu_and_checks_every_key_before_training():
