@@ -149,7 +149,10 @@ def _train(job, rec, out, train_set, val_set, results_dir, log, after, epoch_eva
     spent = 0.0
     if os.path.exists(ckpt):
         trainer.load(ckpt)
-        spent = (rec or {}).get("train_seconds", 0.0)
+        # The checkpoint's own epochs count even when the record is gone (a record
+        # lost or reset while its checkpoint stayed): never report less than them.
+        spent = max((rec or {}).get("train_seconds", 0.0),
+                    sum(r.get("seconds", 0.0) + r.get("eval_seconds", 0.0) for r in trainer.history))
         log(f"{job.name}: resumed at epoch {trainer.epoch}, step {trainer.step}")
     stopped = [False]
 

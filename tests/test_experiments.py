@@ -150,3 +150,24 @@ def test_a_job_trains_with_the_colour_noise_its_config_asks_for(tmp_path, monkey
     experiments.run_job(experiments.Job("j", dict(CFG, epochs=1, pca=pca)), tr, val,
                         str(tmp_path / "res"), str(tmp_path / "runs"), log=lambda *a: None)
     assert len(seen) == 1 and (seen[0] is not None) == pca
+
+
+def test_a_job_resumed_without_its_record_still_counts_the_checkpoints_epochs(tmp_path, monkeypatch):
+    """A record lost while its checkpoint stayed: the time of the epochs the checkpoint
+    holds is not dropped from train_seconds (it once reported 2 min for a 12 min run)."""
+    import types
+    tr, val = _sets()
+    cfg = dict(CFG, epochs=2)
+
+    def stop_after_1(row):
+        return row["epoch"] == 1
+    experiments.run_job(experiments.Job("a", cfg, stop=stop_after_1), tr, val, str(tmp_path / "r"),
+                        str(tmp_path / "k"), log=lambda *a: None, figures=False)
+    first = experiments.load_record(str(tmp_path / "r"), "a")["history"][0]
+    (tmp_path / "r" / "a.json").unlink()
+    # A clock that never moves: what is reported is then exactly what resuming carried over.
+    monkeypatch.setattr(experiments, "time", types.SimpleNamespace(perf_counter=lambda: 0.0))
+    rec = experiments.run_job(experiments.Job("a", cfg), tr, val, str(tmp_path / "r"),
+                              str(tmp_path / "k"), log=lambda *a: None, figures=False)
+    assert rec["epochs"] == 2
+    assert rec["train_seconds"] == pytest.approx(first["seconds"] + first["eval_seconds"]) and rec["train_seconds"] > 0
