@@ -156,15 +156,23 @@ def ch08_job(seed=0, towers=2):
     return experiments.Job(name, cfg, describe={"towers": towers, "seed": seed})
 
 
-def ch08_final(test_set):
-    """After training: centre-crop and ten-crop top-1/top-5 on the test set, and conv1's
-    per-filter colourfulness (``conv1_colourfulness``)."""
+def crop_errors(test_set):
+    """After training: centre-crop and ten-crop top-1/top-5 on the test set."""
     def after(trainer):
         m, s, crop = trainer.mean, trainer.std, trainer.cfg["crop"]
         centre = inference.evaluate(trainer.model, test_set, crop, m, std=s)
         ten = inference.evaluate(trainer.model, test_set, crop, m, ten_crop=True, std=s)
-        return {"n_test": len(test_set), "centre": centre, "ten_crop": ten,
-                "conv1_colourfulness": conv1_colourfulness(trainer.model)}
+        return {"n_test": len(test_set), "centre": centre, "ten_crop": ten}
+    return after
+
+
+def ch08_final(test_set):
+    """After a chapter-08 job: ``crop_errors``, and conv1's per-filter colourfulness
+    (``conv1_colourfulness``) for Figure 3."""
+    errors = crop_errors(test_set)
+
+    def after(trainer):
+        return {**errors(trainer), "conv1_colourfulness": conv1_colourfulness(trainer.model)}
     return after
 
 
@@ -924,7 +932,7 @@ def ch06_final(train_set, test_set):
     """After training, in test mode: top-1/top-5 on the test photos with the centre
     crop and with the ten-crop test, and the centre-crop error on the training photos
     (the overfitting gap is test minus training error, both centre crop)."""
-    test_errors = ch08_final(test_set)
+    test_errors = crop_errors(test_set)
 
     def after(trainer):
         out = test_errors(trainer)
