@@ -24,7 +24,7 @@ if __name__ == "__main__":    # jobs run from a terminal: CPU tuning before NumP
     from minialexnet.cpu import tune
     print("jobs.py:", tune().note, flush=True)
 
-from minialexnet import data, experiments, inference, notebook, train   # noqa: E402
+from minialexnet import data, experiments, inference, notebook, train, viz   # noqa: E402
 from minialexnet.backend import np   # noqa: E402
 
 FAST = notebook.fast_mode()
@@ -180,7 +180,6 @@ def conv1_colourfulness(model):
     """{weight name: per-filter colourfulness list} of conv1, one entry per tower
     (``conv1.tower0.W``, ...) or one for a one-tower net (``conv1.W``): what Figure 3's
     verdict needs, kept in the record so it outlives the (uncommitted) checkpoint."""
-    from minialexnet import viz
     return {k: viz.colourfulness(w).tolist() for k, w in sorted(model.params().items())
             if k.startswith("conv1.") and k.endswith("W")}
 
