@@ -184,6 +184,17 @@ def conv1_colourfulness(model):
             if k.startswith("conv1.") and k.endswith("W")}
 
 
+CONV1_GROUPS = {"conv1.tower0.W": "tower 0", "conv1.tower1.W": "tower 1", "conv1.W": "one tower"}
+
+
+def recorded_colourfulness(rec):
+    """{"tower 0", "tower 1"} or {"one tower"}: per-filter colourfulness arrays that a
+    complete job recorded when it finished, or None (not trained, or a record from
+    before ``conv1_colourfulness`` was kept)."""
+    col = rec and rec.get("status") == "complete" and rec.get("final", {}).get("conv1_colourfulness")
+    return {CONV1_GROUPS[k]: np.asarray(v) for k, v in col.items()} if col else None
+
+
 # Figure 3's rule: the towers' conv1 filters specialise only if the gap between their
 # mean colourfulness exceeds what a one-tower net of the same width shows with no
 # towers at all: the gap between its first and second halves, and the 95th percentile

@@ -87,3 +87,16 @@ def test_random_split_gaps_are_gaps_between_two_halves():
     from math import comb
     p_even = comb(16, 8) ** 2 / comb(32, 16)          # the split puts 8 ones in each half
     assert (gaps == 0).mean() == pytest.approx(p_even, abs=0.01)
+
+
+def test_recorded_colourfulness_reads_complete_records_only():
+    col = {"conv1.tower0.W": [0.1, 0.2], "conv1.tower1.W": [0.5, 0.7]}
+    rec = {"status": "complete", "final": {"conv1_colourfulness": col}}
+    out = jobs.recorded_colourfulness(rec)
+    assert set(out) == {"tower 0", "tower 1"}
+    assert out["tower 1"].tolist() == [0.5, 0.7] and isinstance(out["tower 0"], np.ndarray)
+    one = jobs.recorded_colourfulness({"status": "complete", "final": {"conv1_colourfulness": {"conv1.W": [0.3]}}})
+    assert list(one) == ["one tower"]
+    assert jobs.recorded_colourfulness(None) is None
+    assert jobs.recorded_colourfulness({**rec, "status": "running"}) is None
+    assert jobs.recorded_colourfulness({"status": "complete", "final": {"n_test": 6}}) is None   # an older record
