@@ -7,13 +7,6 @@ jobs run from a terminal, in the background, with checkpoints and a log:
     cd chapters && MINIALEXNET_DATA=../../shared/data nohup python jobs.py 08 > ../runs/jobs-08.log 2>&1 &
     cd chapters && MINIALEXNET_DATA=../../shared/data nohup python jobs.py 08:control > ../runs/jobs-08c.log 2>&1 &
 
-Two jobs at once on a 2-core machine: give each one core (``MINIALEXNET_THREADS=1
-OPENBLAS_NUM_THREADS=1`` before each command).  One small-AlexNet step does not keep two
-cores busy: measured 2026-12-06 on this project's 2-core VM (forward + backward, batch
-128, tuned as ``tune()`` does), one process with 2 threads ran 630-645 images/s (two
-towers) and 690-715 (one tower); two 1-thread processes side by side ran 420 and 405
-images/s each, about 1.25x the images per second in all.
-
 Records (per-epoch history, health, config, time) are committed in
 ``chapters/results/<chapter>/``; checkpoints go to ``runs/jobs/<chapter>/`` (git-ignored).
 In fast mode (MINIALEXNET_FAST=1) records go to ``runs/jobs-fast/`` instead, so a CI
