@@ -122,10 +122,14 @@ def colourfulness(W):
 def show_filters(groups, path=None, title="conv1 filters"):
     """Figure 3: one panel per group, e.g. {"tower 0": W0, "tower 1": W1}."""
     plt = _plt()
-    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 5))
+    grids = [filter_grid(W, columns=8 if len(W) >= 16 else None) for W in groups.values()]
+    # the figure as tall as its widest panel's grid needs (plus the titles): a square
+    # figure leaves a 2 x 8 grid floating far below its title
+    aspect = max(g.shape[0] / g.shape[1] for g in grids)
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 5 * aspect + 1.2))
     axes = np.atleast_1d(axes)
-    for ax, (name, W) in zip(axes, groups.items()):
-        ax.imshow(filter_grid(W, columns=8 if len(W) >= 16 else None), interpolation="nearest")
+    for ax, (name, W), grid in zip(axes, groups.items(), grids):
+        ax.imshow(grid, interpolation="nearest")
         ax.set_title(f"{name}: {len(W)} filters, colourfulness {colourfulness(W).mean():.2f}")
         ax.axis("off")
     fig.suptitle(title)

@@ -42,3 +42,16 @@ def test_plot_confusion_empty_row_is_zero_not_nan(tmp_path):
     assert np.isfinite(np.asarray(fig.axes[0].images[0].get_array())).all()
     assert (tmp_path / "c.png").stat().st_size > 0
     plt.close(fig)
+
+
+def test_show_filters_figure_is_as_tall_as_its_grids():
+    # 16 filters in a 2 x 8 grid: a wide, short figure; 48 in 6 x 8: a taller one
+    # (a fixed square figure left the 2 x 8 grid far below its title)
+    import matplotlib.pyplot as plt
+    rng = np.random.default_rng(0)
+    short = viz.show_filters({"a": rng.normal(size=(16, 3, 5, 5))})
+    tall = viz.show_filters({"a": rng.normal(size=(48, 3, 5, 5))})
+    w, h = short.get_size_inches()
+    assert h < 0.6 * w
+    assert tall.get_size_inches()[1] > 1.5 * h
+    plt.close("all")
