@@ -231,7 +231,9 @@ def ch08_control():
     """Figure 3's control, same recipe and data as the main job: a one-tower net of
     the same width (its 32 conv1 filters split into two arbitrary halves stand in for
     towers that cannot specialise), and the two-tower net with a second seed (does a
-    split, or its absence, repeat?).  About 100 min each on 2 CPU cores."""
+    split, or its absence, repeat?).  About 60 min each alone on 2 CPU cores, 95 min
+    each as two 1-thread queues side by side (``jobs.py 08:control`` twice: each job
+    holds a lock, so the second queue takes the other one)."""
     return [ch08_job(towers=1), ch08_job(seed=1)]
 
 
