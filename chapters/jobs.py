@@ -148,8 +148,8 @@ def ch08_job(seed=0, towers=2):
     """The small AlexNet on CIFAR-10 with the recipe: unit inputs, He init, 28-px crops
     and flips, dropout 0.5, the paper's SGD (batch 128, momentum 0.9, weight decay
     5e-4, lr 0.01) and lr / 10 after 80 % and 94 % of the epochs (two cuts, not the
-    paper's three: in the three-cut runs the phases at 1e-4 and 1e-5 learned nothing
-    measurable while lr 1e-2 was still improving when it was cut)."""
+    paper's three: in the three-cut runs lr 1e-2 was still improving when it was cut,
+    and the phase at 1e-5 learned nothing measurable; chapter 08 computes both)."""
     name = f"small-alexnet-t{towers}-s{seed}"
     cfg = dict(dataset="cifar10", model="small-alexnet", crop=28, image_size=32,
                model_kwargs={"towers": towers}, epochs=notebook.pick(CH08_EPOCHS, 1),
@@ -225,6 +225,21 @@ def fig3_control(c_one, splits=FIG3_SPLITS, percentile=FIG3_PERCENTILE, seed=1):
     halves = tower_gap(c_one[:h], c_one[h:])
     pct = float(np.percentile(random_split_gaps(c_one, splits, np.random.default_rng(seed)), percentile))
     return {"halves": halves, "split_percentile": pct, "threshold": max(halves, pct)}
+
+
+def lr_phases(history):
+    """A record's epochs grouped by learning rate, in order: [{"lr", "first", "last",
+    "before", "after"}], epochs numbered from 1; ``before`` is the validation top-1
+    error entering the phase (for the first phase: after its first epoch) and
+    ``after`` the error at its last epoch."""
+    val = [h["val_top1"] for h in history]
+    phases, start = [], 0
+    for i in range(1, len(history) + 1):
+        if i == len(history) or history[i]["lr"] != history[start]["lr"]:
+            phases.append({"lr": history[start]["lr"], "first": start + 1, "last": i,
+                           "before": val[start - 1] if start else val[0], "after": val[i - 1]})
+            start = i
+    return phases
 
 
 def ch08_control():

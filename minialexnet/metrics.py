@@ -13,8 +13,8 @@ as an error.
 
 from .backend import np, to_numpy
 
-__all__ = ["topk_correct", "topk_error", "top1_error", "top5_error", "ErrorMeter",
-           "confusion_matrix"]
+__all__ = ["topk_correct", "topk_error", "top1_error", "top5_error", "error_se",
+           "ErrorMeter", "confusion_matrix"]
 
 
 def _host(a):
@@ -53,6 +53,14 @@ def top1_error(scores, labels):
 
 def top5_error(scores, labels):
     return topk_error(scores, labels, 5)
+
+
+def error_se(p, n):
+    """Standard error sqrt(p (1 - p) / n) of an error rate ``p`` measured on ``n``
+    images (each image right or wrong): how far two measurements of one net may differ
+    by the choice of images alone.  ``p`` is clipped to [0, 1]."""
+    p = min(max(float(p), 0.0), 1.0)
+    return (p * (1.0 - p) / n) ** 0.5
 
 
 class ErrorMeter:

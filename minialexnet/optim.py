@@ -34,6 +34,7 @@ an improvement only when it beats the best by more than ``threshold`` and, given
 
 from . import backend
 from .errors import StateDictError
+from .metrics import error_se
 from .parallel import parallel_for
 
 __all__ = ["SGD", "ReduceLROnPlateau", "StepLR"]
@@ -196,8 +197,7 @@ class ReduceLROnPlateau:
         errors of an error rate of ``best`` measured on ``noise_n`` images if larger."""
         if self.noise_n is None or self.best is None:
             return self.threshold
-        p = min(max(self.best, 0.0), 1.0)
-        return max(self.threshold, 2.0 * (p * (1.0 - p) / self.noise_n) ** 0.5)
+        return max(self.threshold, 2.0 * error_se(self.best, self.noise_n))
 
     def step(self, metric):
         metric = float(metric)

@@ -100,3 +100,15 @@ def test_recorded_colourfulness_reads_complete_records_only():
     assert jobs.recorded_colourfulness(None) is None
     assert jobs.recorded_colourfulness({**rec, "status": "running"}) is None
     assert jobs.recorded_colourfulness({"status": "complete", "final": {"n_test": 6}}) is None   # an older record
+
+
+def test_lr_phases_group_epochs_by_learning_rate():
+    val = [0.9, 0.5, 0.4, 0.3, 0.28, 0.27]
+    lrs = [1e-2, 1e-2, 1e-2, 1e-3, 1e-3, 1e-4]
+    phases = jobs.lr_phases([{"lr": lr, "val_top1": v} for lr, v in zip(lrs, val)])
+    assert phases == [
+        {"lr": 1e-2, "first": 1, "last": 3, "before": 0.9, "after": 0.4},
+        {"lr": 1e-3, "first": 4, "last": 5, "before": 0.4, "after": 0.28},
+        {"lr": 1e-4, "first": 6, "last": 6, "before": 0.28, "after": 0.27}]
+    assert jobs.lr_phases([{"lr": 0.01, "val_top1": 0.5}]) == [
+        {"lr": 0.01, "first": 1, "last": 1, "before": 0.5, "after": 0.5}]

@@ -53,3 +53,11 @@ def test_meter_accumulates_over_batches():
     e = m.errors()
     assert m.count == 100
     assert e[1] == pytest.approx(top1_error(s, y)) and e[5] == pytest.approx(top5_error(s, y))
+
+
+def test_error_se_is_the_binomial_standard_error():
+    from minialexnet.metrics import error_se
+    assert error_se(0.4, 2000) == pytest.approx((0.4 * 0.6 / 2000) ** 0.5, rel=1e-12)   # 1.1 points
+    assert error_se(0.2, 10_000) == pytest.approx(0.004, rel=1e-12)
+    assert error_se(0.0, 100) == 0.0 and error_se(1.0, 100) == 0.0
+    assert error_se(-0.1, 100) == 0.0 and error_se(1.3, 100) == 0.0       # clipped to [0, 1]
